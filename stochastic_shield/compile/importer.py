@@ -1,0 +1,61 @@
+"""PyTorch to Relax: torch.export, then TVM's ExportedProgram importer, with readable errors."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..errors import ShieldError
+
+
+def _layer_of(node) -> str:
+    """The innermost module path that produced an fx node, e.g. 'layer1.0.conv1 (Conv2d)'."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "the model's forward()"
+    path, cls = list(stack.values())[-1]
+    cls_name = cls.__name__ if isinstance(cls, type) else str(cls).rsplit(".", 1)[-1]
+    return f"{path or '<root>'} ({cls_name})"
+
+
+def unsupported_ops(ep: torch.export.ExportedProgram, custom_convert_map: dict | None = None) -> list[tuple[str, str]]:
+    """(operator, layer) pairs of an exported program that TVM's importer cannot convert."""
+    from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
+
+    known = set(ExportedProgramImporter().convert_map) | set(custom_convert_map or {})
+    missing = []
+    for node in ep.graph.nodes:
+        if node.op == "call_function" and getattr(node.target, "__name__", str(node.target)) not in known:
+            missing.append((str(node.target), _layer_of(node)))
+    return missing
+
+
+def export_model(model: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """torch.export + core-ATen decomposition of MODEL in eval mode."""
+    model.eval()
+    try:
+        ep = torch.export.export(model, (example,))
+        return ep.run_decompositions()
+    except Exception as e:  # noqa: BLE001 - torch.export raises many kinds
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ShieldError(f"torch.export could not trace the model: {first}",
+                          "the model's forward() must be traceable by torch.export (no data-dependent control flow)") from None
+
+
+def import_model(model: torch.nn.Module, input_shape, custom_convert_map: dict[str, Callable] | None = None):
+    """Import a PyTorch model into a Relax IRModule whose 'main' takes one float32 tensor of INPUT_SHAPE."""
+    from tvm.relax.frontend.torch import from_exported_program
+
+    ep = export_model(model, torch.zeros(tuple(input_shape), dtype=torch.float32))
+    missing = unsupported_ops(ep, custom_convert_map)
+    if missing:
+        op, layer = missing[0]
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ShieldError(f"operator {op} in layer {layer} is not supported by TVM's PyTorch importer{more}",
+                          "replace that layer or register a converter in custom_convert_map")
+    try:
+        return from_exported_program(ep, keep_params_as_input=False, unwrap_unit_return_tuple=True,
+                                     custom_convert_map=custom_convert_map, run_ep_decomposition=False)
+    except Exception as e:  # noqa: BLE001 - converter failures surface as many exception types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ShieldError(f"TVM could not import the model: {first}") from None
