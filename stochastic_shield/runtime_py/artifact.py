@@ -1,0 +1,66 @@
+"""Reading an artifact folder: its manifest and library, checked before anything runs."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ShieldError
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class Artifact:
+    """A compiled model on disk: DIR/manifest.json plus the library it names."""
+
+    path: Path
+    manifest: dict
+
+    @property
+    def library(self) -> Path:
+        return self.path / self.manifest["library"]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.manifest["input"]["shape"])
+
+    @property
+    def batch(self) -> int:
+        return self.input_shape[0]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest["classes"])
+
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        """Validate a float image batch (N, C, H, W) against the artifact's input, or say what is wrong."""
+        x = np.asarray(x)
+        want = self.input_shape[1:]
+        if x.ndim != 4 or tuple(x.shape[1:]) != want:
+            raise ShieldError(f"input shape {tuple(x.shape)} does not match the artifact's (N, {', '.join(map(str, want))})",
+                              f"give images of shape {want} (C, H, W) in [0, 1]")
+        if not np.isfinite(x).all():
+            raise ShieldError("input contains NaN or infinite values")
+        return x.astype(np.float32, copy=False)
+
+
+def load_artifact(path) -> Artifact:
+    """Open an artifact folder written by 'shield compile'."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ShieldError(f"artifact folder {path} not found", "create one with 'shield compile CHECKPOINT -o DIR'")
+    mpath = path / MANIFEST
+    try:
+        manifest = json.loads(mpath.read_text())
+        manifest["library"], manifest["input"]["shape"], manifest["classes"]  # noqa: B018 - required keys
+    except FileNotFoundError:
+        raise ShieldError(f"{path} has no {MANIFEST}: not an artifact", "create one with 'shield compile'") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ShieldError(f"{mpath} is malformed ({type(e).__name__}: {e})", "recompile with 'shield compile'") from None
+    art = Artifact(path, manifest)
+    if not art.library.exists():
+        raise ShieldError(f"artifact {path} lacks its library {manifest['library']}", "recompile with 'shield compile'")
+    return art

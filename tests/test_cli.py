@@ -1,0 +1,84 @@
+"""The `shield` command line: help, listing, compile/run/eval end to end, and one-line errors (exit 2)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def shield(*args, env=None, check=False):
+    """Run the real console entry point in a fresh interpreter."""
+    e = dict(os.environ, **(env or {}))
+    p = subprocess.run([sys.executable, "-m", "stochastic_shield", *map(str, args)], capture_output=True, text=True,
+                       env=e, timeout=600)
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+def _one_line_error(p, match):
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, p.stderr  # no stack trace
+    assert match in lines[0], lines[0]
+
+
+def test_help_explains_every_subcommand():
+    p = shield("--help", check=True)
+    for sub in ("train", "compile", "targets", "run", "eval", "boards", "demo"):
+        assert sub in p.stdout
+    assert "--rpc" in shield("eval", "--help", check=True).stdout
+
+
+def test_targets_json_lists_boards():
+    boards = {b["name"]: b for b in json.loads(shield("targets", "--json", check=True).stdout)}
+    assert boards["rasp4b64"]["target"]["mcpu"] == "cortex-a72"
+
+
+def test_compile_run_eval_from_the_command_line(tmp_path, fashion_root):
+    art = tmp_path / "art"
+    m = json.loads(shield("compile", "--target", "host", "-o", art, "--batch", "4", "--json", check=True).stdout)
+    assert m["input"]["shape"] == [4, 1, 28, 28]
+    env = {"SHIELD_FASHION_MNIST": str(fashion_root)}
+    run = json.loads(shield("run", art, "--count", "3", "--json", env=env, check=True).stdout)
+    assert [r["input"] for r in run["predictions"]] == ["test[0]", "test[1]", "test[2]"]
+    assert run["predictions"][0]["label"] == "Ankle boot"  # the first test image, classified right
+    ev = json.loads(shield("eval", art, "--limit", "100", "--json", env=env, check=True).stdout)
+    assert ev["images"] == 100 and ev["accuracy"] >= 0.85
+    text = shield("eval", art, "--limit", "20", env=env, check=True).stdout
+    assert "top-1 accuracy" in text
+
+
+def test_run_on_image_files(tmp_path, fashion_test):
+    from PIL import Image
+
+    art = tmp_path / "art"
+    shield("compile", "-o", art, check=True)
+    Image.fromarray(fashion_test.images[0, 0]).save(tmp_path / "boot.png")
+    Image.fromarray(fashion_test.images[1, 0]).resize((56, 56)).convert("RGB").save(tmp_path / "big.png")
+    out = json.loads(shield("run", art, "--images", tmp_path / "boot.png", tmp_path / "big.png", "--json",
+                            check=True).stdout)
+    assert out["predictions"][0]["label"] == "Ankle boot"
+    assert out["predictions"][1]["class"] == int(fashion_test.labels[1])
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path):
+    _one_line_error(shield("compile", tmp_path / "missing.pt", "-o", tmp_path / "a"), "checkpoint")
+    _one_line_error(shield("compile", "--target", "pi9", "-o", tmp_path / "a"), "unknown target 'pi9'")
+    _one_line_error(shield("eval", tmp_path / "nothing"), "artifact folder")
+    _one_line_error(shield("run", tmp_path, "--rpc", "127.0.0.1:9"), "has no manifest.json")
+
+
+@pytest.fixture(scope="module")
+def cli_artifact(tmp_path_factory):
+    art = tmp_path_factory.mktemp("cli") / "art"
+    shield("compile", "-o", art, check=True)
+    return art
+
+
+def test_unreachable_rpc_and_missing_dataset(cli_artifact, tmp_path):
+    _one_line_error(shield("eval", cli_artifact, "--rpc", "127.0.0.1:9", "--key", "host"), "cannot reach the RPC tracker")
+    _one_line_error(shield("eval", cli_artifact, env={"SHIELD_FASHION_MNIST": str(tmp_path)}),
+                    "apt-get install dataset-fashion-mnist")
+    _one_line_error(shield("run", cli_artifact, "--images", tmp_path / "no.png"), "cannot read image")
