@@ -66,7 +66,9 @@ def cmd_train(args):
 def cmd_compile(args):
     from .compile.build import CompileArgs, compile_artifact
 
-    manifest = compile_artifact(CompileArgs(args.checkpoint, args.target, args.out, args.batch))
+    manifest = compile_artifact(CompileArgs(args.checkpoint, args.target, args.out, args.batch, int8=args.int8,
+                                            calib=args.calib, observer=args.observer, allow_fp32=args.allow_fp32,
+                                            data_root=args.data_root, progress=not args.json))
     if args.json:
         _print_json(manifest)
     else:
@@ -212,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="host", help="board name, see 'shield targets' (default host)")
     p.add_argument("-o", "--out", type=Path, required=True, help="artifact folder to write")
     p.add_argument("--batch", type=int, default=1, help="static batch size of the artifact (default 1)")
+    q = p.add_argument_group("int8 post-training quantization")
+    q.add_argument("--int8", action="store_true", help="quantize to int8 (weights per channel, activations per tensor)")
+    q.add_argument("--calib", type=int, default=512, metavar="N", help="calibration images from the training set (512)")
+    q.add_argument("--observer", default="minmax", choices=["minmax", "moving_average", "percentile"],
+                   help="how activation ranges are observed (default minmax)")
+    q.add_argument("--allow-fp32", action="store_true", help="run layers that have no int8 form in fp32")
+    q.add_argument("--data-root", help="folder of the calibration data set")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=cmd_compile)
 

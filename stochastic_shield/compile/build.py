@@ -25,6 +25,12 @@ class CompileArgs:
     target: str = "host"
     out: Path = Path("artifact")
     batch: int = 1
+    int8: bool = False
+    calib: int = 512                # calibration images from the training set
+    observer: str = "minmax"
+    allow_fp32: bool = False        # int8: run layers without an int8 form in fp32 instead of failing
+    data_root: str | None = None    # where the calibration data set lives (default: its usual place)
+    progress: bool = False
 
 
 def _sha256(path: Path) -> str:
@@ -35,12 +41,25 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def calibration_images(dataset: str, count: int, data_root=None, seed: int = 0):
+    """COUNT training images drawn without replacement with a fixed seed, as float32 in [0, 1]."""
+    import numpy as np
+
+    from ..data import load_dataset
+
+    train = load_dataset(dataset, "train", data_root)
+    idx = np.sort(np.random.default_rng(seed).choice(len(train), min(count, len(train)), replace=False))
+    return train.images[idx].astype(np.float32) / 255.0
+
+
 def compile_artifact(args: CompileArgs) -> dict:
     """Import, compile and export a checkpoint for a board; returns the manifest written beside the library."""
     import tvm
 
     from .importer import import_model
-    from .pipeline import build, optimize
+    from .pipeline import build, optimize, quantize
+    from .quantization import QuantSpec
+    from .quantization.check import check_quantizable
 
     board = get_board(args.target)  # fail early on an unknown target
     fcompile = board.fcompile()     # ... and on a missing cross compiler
@@ -51,6 +70,14 @@ def compile_artifact(args: CompileArgs) -> dict:
     shape = [args.batch, *meta["input_shape"][1:]]
 
     mod = optimize(import_model(model, shape))
+    quantization = None
+    if args.int8:
+        spec = QuantSpec(observer=args.observer, calib_images=args.calib, allow_fp32=args.allow_fp32)
+        if not spec.allow_fp32:
+            check_quantizable(model, shape)
+        mod, plan = quantize(mod, calibration_images(meta["dataset"], spec.calib_images, args.data_root), spec,
+                             progress=args.progress)
+        quantization = dict(spec.describe(), **plan.describe())
     ex = build(mod, target)
     out = Path(args.out)
     with atomic_dir(out) as tmp:
@@ -73,8 +100,8 @@ def compile_artifact(args: CompileArgs) -> dict:
                       "weights_sha256": meta["weights_sha256"], "fp32_test_accuracy": meta.get("test_accuracy")},
             "target": {"name": board.name, "tvm": board.target, "cross_compiler": board.cross_compiler,
                        "rpc_key": board.rpc_key},
-            "precision": "fp32",
-            "quantization": None,
+            "precision": "int8" if args.int8 else "fp32",
+            "quantization": quantization,
             "shield": None,
             "tvm_version": tvm.__version__,
             "built_on": platform.node(),

@@ -7,13 +7,50 @@ from tvm import relax
 
 def optimize(mod: tvm.IRModule) -> tvm.IRModule:
     """Graph-level clean-up on the imported module, before any rewriting of ours."""
+    from tvm.relax.transform.fold_batch_norm_to_conv2d_for_inference import FoldBatchnormToConv2D
+
     return tvm.transform.Sequential([
-        relax.transform.DeadCodeElimination(),  # drops the unused max-pool index tensors
-        relax.transform.FoldConstant(),          # folds weight transposes and reshapes
+        relax.transform.CanonicalizeBindings(),  # max_pool's (values, indices)[0] -> values
+        relax.transform.DeadCodeElimination(),   # drops the unused max-pool index tensors
+        FoldBatchnormToConv2D(),                 # inference batch norm becomes conv weight and bias
+        relax.transform.FoldConstant(),          # folds weight transposes, bias reshapes, BN arithmetic
+        relax.transform.CanonicalizeBindings(),
+        relax.transform.DeadCodeElimination(),
     ])(mod)
 
 
-def build(mod: tvm.IRModule, target: tvm.target.Target):
-    """Legalize, fuse and code-generate MOD for TARGET (TVM's default Relax pipeline)."""
+def quantize(mod: tvm.IRModule, calib_images, spec, progress: bool = False):
+    """Post-training int8: calibrate, plan, rewrite. Returns (int8 module, plan)."""
+    from .quantization import QuantizeInt8, calibrate, make_plan
+
+    ranges = calibrate(mod, calib_images, spec, progress=progress)
+    plan = make_plan(mod, ranges, spec)
+    qmod = tvm.transform.Sequential([QuantizeInt8(plan), relax.transform.FoldConstant()])(mod)
+    return qmod, plan
+
+
+def lower(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Legalize to TIR and fuse: conv/dense with their elementwise tails (bias, requantize) become one kernel.
+
+    tvm.compile's generic default pipeline legalizes without fusing (one kernel per op); the CPU
+    backend's passes fuse, which is what tuning extracts tasks from, so both use this.
+    """
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
     with target, tvm.transform.PassContext(opt_level=3):
-        return tvm.compile(mod, target=target)
+        return tvm.transform.Sequential(
+            cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target))(mod)
+
+
+def build(mod: tvm.IRModule, target: tvm.target.Target, database_dir=None):
+    """Lower, apply tuned schedules from DATABASE_DIR if given, and code-generate MOD for TARGET."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    mod = lower(mod, target)
+    with target, tvm.transform.PassContext(opt_level=3):
+        passes = []
+        if database_dir is not None:
+            passes.append(relax.transform.MetaScheduleApplyDatabase(str(database_dir)))
+        passes += cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)
+        mod = tvm.transform.Sequential(passes)(mod)
+        return tvm.compile(mod, target=target, relax_pipeline=None)

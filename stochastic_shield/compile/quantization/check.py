@@ -1,0 +1,51 @@
+"""Before quantizing: find layers whose operators have no int8 form, and name them as PyTorch layers."""
+from __future__ import annotations
+
+import operator
+
+import torch
+
+from ...errors import ShieldError
+from ..importer import _layer_of
+
+_ANCHORS = {"aten.convolution.default", "aten.addmm.default", "aten.mm.default", "aten.linear.default"}
+# Operators with an int8 form once their input is int8 (batch norm is folded into the conv before).
+_INT8_OPS = _ANCHORS | {
+    "aten.relu.default", "aten.max_pool2d_with_indices.default", "aten.max_pool2d.default",
+    "aten.view.default", "aten.reshape.default", "aten._unsafe_view.default", "aten.flatten.using_ints",
+    "aten.add.Tensor", "aten.mean.dim", "aten._native_batch_norm_legit_no_training.default",
+    "aten.clone.default", "aten.alias.default", "aten.dropout.default", "aten.permute.default", "aten.t.default",
+}
+
+
+def _name(node) -> str:
+    t = node.target
+    return "getitem" if t is operator.getitem else str(t)
+
+
+def non_quantizable_layers(ep: torch.export.ExportedProgram) -> list[tuple[str, str]]:
+    """(operator, layer) pairs that would receive int8 tensors but have no int8 form."""
+    int8 = set()  # nodes whose output is int8 in the quantized model
+    bad = []
+    for node in ep.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = _name(node)
+        fed = any(isinstance(a, torch.fx.Node) and a in int8 for a in node.all_input_nodes)
+        if name in _ANCHORS or (fed and name in _INT8_OPS) or (fed and name == "getitem"):
+            int8.add(node)
+        elif fed:
+            bad.append((name, _layer_of(node)))
+    return bad
+
+
+def check_quantizable(model: torch.nn.Module, input_shape) -> None:
+    """Raise a one-line error naming the first layer that cannot run in int8."""
+    from ..importer import export_model
+
+    bad = non_quantizable_layers(export_model(model, torch.zeros(tuple(input_shape))))
+    if bad:
+        op, layer = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ShieldError(f"layer {layer} ({op}) cannot be quantized to int8{more}",
+                          "pass --allow-fp32 to run such layers in fp32")
