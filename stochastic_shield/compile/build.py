@@ -52,18 +52,26 @@ def calibration_images(dataset: str, count: int, data_root=None, seed: int = 0):
     return train.images[idx].astype(np.float32) / 255.0
 
 
-def compile_artifact(args: CompileArgs) -> dict:
-    """Import, compile and export a checkpoint for a board; returns the manifest written beside the library."""
-    import tvm
+@dataclass
+class Prepared:
+    """A Relax module ready to lower for a board, and what the manifest needs to know about it."""
 
+    mod: object            # tvm.IRModule, before legalization
+    board: object          # targets.Board
+    meta: dict             # checkpoint sidecar
+    input_shape: list
+    quantization: dict | None
+
+
+def prepare_module(args: CompileArgs) -> Prepared:
+    """Import, optimize and (with --int8) quantize a checkpoint: the module that 'compile' and 'tune' both build."""
     from .importer import import_model
-    from .pipeline import build, optimize, quantize
+    from .pipeline import optimize, quantize
     from .quantization import QuantSpec
     from .quantization.check import check_quantizable
 
     board = get_board(args.target)  # fail early on an unknown target
-    fcompile = board.fcompile()     # ... and on a missing cross compiler
-    target = board.tvm_target()
+    board.tvm_target()
     if args.batch < 1:
         raise ShieldError(f"batch must be at least 1, got {args.batch}")
     model, meta = load_checkpoint(args.checkpoint)
@@ -78,7 +86,23 @@ def compile_artifact(args: CompileArgs) -> dict:
         mod, plan = quantize(mod, calibration_images(meta["dataset"], spec.calib_images, args.data_root), spec,
                              progress=args.progress)
         quantization = dict(spec.describe(), **plan.describe())
-    ex = build(mod, target)
+    return Prepared(mod, board, meta, shape, quantization)
+
+
+def compile_artifact(args: CompileArgs, database_dir=None) -> dict:
+    """Import, compile and export a checkpoint for a board; returns the manifest written beside the library.
+
+    DATABASE_DIR: a MetaSchedule database whose tuned schedules are applied (None: untuned defaults).
+    """
+    import tvm
+
+    from .pipeline import build
+
+    board = get_board(args.target)
+    fcompile = board.fcompile()     # fail early on a missing cross compiler
+    prep = prepare_module(args)
+    ex = build(prep.mod, board.tvm_target(), database_dir)
+    meta, shape = prep.meta, prep.input_shape
     out = Path(args.out)
     with atomic_dir(out) as tmp:
         lib = tmp / LIBRARY
@@ -101,8 +125,9 @@ def compile_artifact(args: CompileArgs) -> dict:
             "target": {"name": board.name, "tvm": board.target, "cross_compiler": board.cross_compiler,
                        "rpc_key": board.rpc_key},
             "precision": "int8" if args.int8 else "fp32",
-            "quantization": quantization,
+            "quantization": prep.quantization,
             "shield": None,
+            "tuning": {"database": str(database_dir)} if database_dir else None,
             "tvm_version": tvm.__version__,
             "built_on": platform.node(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
