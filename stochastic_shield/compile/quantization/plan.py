@@ -233,7 +233,8 @@ class _Planner:
 
     def avgpool(self, b, x):
         a = b.value.attrs
-        axes = sorted(int(i) for i in a.axis) if a.axis is not None else None
+        ndim = len(x.ty.shape)
+        axes = sorted(int(i) % ndim for i in a.axis) if a.axis is not None else None
         if axes != [2, 3] or not bool(a.keepdims):
             return False
         qx = self.need_int8(x)
