@@ -31,6 +31,7 @@ class CompileArgs:
     allow_fp32: bool = False        # int8: run layers without an int8 form in fp32 instead of failing
     data_root: str | None = None    # where the calibration data set lives (default: its usual place)
     progress: bool = False
+    shield: object = None           # a ShieldConfig, a compact string or a .toml path (needs int8)
 
 
 def _sha256(path: Path) -> str:
@@ -61,6 +62,7 @@ class Prepared:
     meta: dict             # checkpoint sidecar
     input_shape: list
     quantization: dict | None
+    shield: dict | None = None
 
 
 def prepare_module(args: CompileArgs) -> Prepared:
@@ -69,6 +71,9 @@ def prepare_module(args: CompileArgs) -> Prepared:
     from .pipeline import optimize, quantize
     from .quantization import QuantSpec
     from .quantization.check import check_quantizable
+    from .shield.config import ShieldConfig, parse_shield
+    from .shield.insert_filter import InsertInputFilter
+    from .shield.torch_dropout import CUSTOM_CONVERT_MAP, insert_mc_dropout
 
     board = get_board(args.target)  # fail early on an unknown target
     board.tvm_target()
@@ -77,16 +82,36 @@ def prepare_module(args: CompileArgs) -> Prepared:
     model, meta = load_checkpoint(args.checkpoint)
     shape = [args.batch, *meta["input_shape"][1:]]
 
-    mod = optimize(import_model(model, shape))
+    config = args.shield if isinstance(args.shield, ShieldConfig) or args.shield is None else parse_shield(args.shield)
+    shield = None
+    convert_map = None
+    if config is not None:
+        if not args.int8:
+            raise ShieldError("the shield is compiled into int8 models", "add --int8")
+        model, sites = insert_mc_dropout(model, config)
+        convert_map = CUSTOM_CONVERT_MAP
+        shield = dict(config.describe(), sites=sites, stochastic=bool(sites))
+    mod = import_model(model, shape, convert_map)
+    if config is not None:
+        mod = InsertInputFilter(config.filters)(mod)
+    mod = optimize(mod)
     quantization = None
     if args.int8:
         spec = QuantSpec(observer=args.observer, calib_images=args.calib, allow_fp32=args.allow_fp32)
         if not spec.allow_fp32:
             check_quantizable(model, shape)
         mod, plan = quantize(mod, calibration_images(meta["dataset"], spec.calib_images, args.data_root), spec,
-                             progress=args.progress)
+                             progress=args.progress, t_set=config.T if config is not None else (1,))
         quantization = dict(spec.describe(), **plan.describe())
-    return Prepared(mod, board, meta, shape, quantization)
+    return Prepared(mod, board, meta, shape, quantization, shield)
+
+
+def _functions(prep: Prepared) -> dict:
+    """Entry functions of the artifact: main(x) -> logits, or mc_T{T}(x, rng) -> B*T rows of logits."""
+    if prep.shield and prep.shield["stochastic"]:
+        return {f"mc_T{t}": {"T": t, "inputs": ["x", "rng uint32[3] (seed_lo, seed_hi, sample_offset)"],
+                             "output_rows": "b*T + t"} for t in prep.shield["T"]}
+    return {"main": {"T": 1, "inputs": ["x"], "output_rows": "b"}}
 
 
 def compile_artifact(args: CompileArgs, database_dir=None) -> dict:
@@ -126,7 +151,8 @@ def compile_artifact(args: CompileArgs, database_dir=None) -> dict:
                        "rpc_key": board.rpc_key},
             "precision": "int8" if args.int8 else "fp32",
             "quantization": prep.quantization,
-            "shield": None,
+            "shield": prep.shield,
+            "functions": _functions(prep),
             "tuning": {"database": str(database_dir)} if database_dir else None,
             "tvm_version": tvm.__version__,
             "built_on": platform.node(),

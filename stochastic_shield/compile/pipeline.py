@@ -19,13 +19,16 @@ def optimize(mod: tvm.IRModule) -> tvm.IRModule:
     ])(mod)
 
 
-def quantize(mod: tvm.IRModule, calib_images, spec, progress: bool = False):
-    """Post-training int8: calibrate, plan, rewrite. Returns (int8 module, plan)."""
+def quantize(mod: tvm.IRModule, calib_images, spec, progress: bool = False, t_set=(1,)):
+    """Post-training int8: calibrate, plan, rewrite. Returns (int8 module, plan).
+
+    With MC dropout markers in MOD, the result has one function mc_T{T} per T in T_SET.
+    """
     from .quantization import QuantizeInt8, calibrate, make_plan
 
     ranges = calibrate(mod, calib_images, spec, progress=progress)
     plan = make_plan(mod, ranges, spec)
-    qmod = tvm.transform.Sequential([QuantizeInt8(plan), relax.transform.FoldConstant()])(mod)
+    qmod = tvm.transform.Sequential([QuantizeInt8(plan, t_set), relax.transform.FoldConstant()])(mod)
     return qmod, plan
 
 

@@ -35,6 +35,24 @@ class Artifact:
     def classes(self) -> list[str]:
         return list(self.manifest["classes"])
 
+    @property
+    def stochastic(self) -> bool:
+        """A shielded artifact with MC dropout: entry functions mc_T{T}(x, rng)."""
+        return bool((self.manifest.get("shield") or {}).get("stochastic"))
+
+    @property
+    def t_values(self) -> list[int]:
+        """The T this artifact was built for ([1] for a deterministic one)."""
+        return sorted(f["T"] for f in self.manifest.get("functions", {"main": {"T": 1}}).values())
+
+    def mc_function(self, T: int) -> str:
+        """The entry function for T passes, or a one-line error listing the T that exist."""
+        name = f"mc_T{int(T)}"
+        if name not in self.manifest.get("functions", {}):
+            raise ShieldError(f"this artifact has no T={T} (TVM needs static shapes; it was built for "
+                              f"T in {self.t_values})", "pick one of those, or recompile with 'T=...' in --shield")
+        return name
+
     def check_input(self, x: np.ndarray) -> np.ndarray:
         """Validate a float image batch (N, C, H, W) against the artifact's input, or say what is wrong."""
         x = np.asarray(x)

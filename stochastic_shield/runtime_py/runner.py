@@ -62,14 +62,13 @@ class Deployment:
         self.vm = None
         self._stack.close()
 
-    def _run_batch(self, x: np.ndarray) -> np.ndarray:
-        import tvm
+    @property
+    def stochastic(self) -> bool:
+        """True for a shielded artifact with MC dropout (entry functions mc_T{T}(x, rng))."""
+        return self.artifact.stochastic
 
-        out = self.vm["main"](tvm.runtime.tensor(x, device=self.dev))
-        return out.numpy()
-
-    def predict_logits(self, x: np.ndarray) -> np.ndarray:
-        """Logits for images X (N, C, H, W) in [0, 1], run in the artifact's batch size (last batch padded)."""
+    def _batches(self, x: np.ndarray, run) -> np.ndarray:
+        """Run RUN on X in the artifact's static batch size, padding the last batch."""
         x = self.artifact.check_input(x)
         b = self.artifact.batch
         outs = []
@@ -78,21 +77,60 @@ class Deployment:
             n = len(chunk)
             if n < b:
                 chunk = np.concatenate([chunk, np.zeros((b - n, *chunk.shape[1:]), np.float32)])
-            outs.append(self._run_batch(np.ascontiguousarray(chunk))[:n])
-        return np.concatenate(outs) if outs else np.zeros((0, len(self.artifact.classes)), np.float32)
+            outs.append(run(np.ascontiguousarray(chunk))[:n])
+        return np.concatenate(outs)
 
-    def time(self, spec: TimingSpec = TimingSpec()) -> dict:
-        """Latency of one call of the entry function on the device, in milliseconds."""
+    def predict_logits(self, x: np.ndarray) -> np.ndarray:
+        """Logits for images X (N, C, H, W) in [0, 1] from a deterministic artifact."""
         import tvm
 
+        if self.stochastic:
+            raise ShieldError("this artifact is shielded with MC dropout: it needs T and a seed",
+                              "use mc_logits(x, T, seed) (CLI: --T and --seed)")
+        if len(x) == 0:
+            return np.zeros((0, len(self.artifact.classes)), np.float32)
+        return self._batches(x, lambda c: self.vm["main"](tvm.runtime.tensor(c, device=self.dev)).numpy())
+
+    def mc_logits(self, x: np.ndarray, T: int, seed: int, sample_offset: int = 0) -> np.ndarray:
+        """Per-pass logits (N, T, K) of T stochastic passes, one compiled call per batch of images."""
+        import tvm
+
+        from ..compile.shield.dropout import seed_to_rng
+
+        if not self.stochastic:
+            return np.repeat(self.predict_logits(x)[:, None], T, axis=1)  # deterministic: all passes agree
+        fn = self.artifact.mc_function(T)
+        rng = tvm.runtime.tensor(seed_to_rng(seed, sample_offset), device=self.dev)
+        k = len(self.artifact.classes)
+        return self._batches(x, lambda c: self.vm[fn](tvm.runtime.tensor(c, device=self.dev), rng).numpy()
+                             .reshape(len(c), T, k))
+
+    def predict_proba(self, x: np.ndarray, T: int = 1, seed: int = 0) -> np.ndarray:
+        """Class probabilities (N, K): softmax, averaged over T passes for a shielded artifact."""
+        from .uncertainty import softmax
+
+        if not self.stochastic:
+            return softmax(self.predict_logits(x))
+        return softmax(self.mc_logits(x, T, seed)).mean(axis=1)
+
+    def time(self, spec: TimingSpec = TimingSpec(), T: int = 1, seed: int = 0) -> dict:
+        """Latency of one call of the entry function (mc_T{T} for a shielded artifact) on the device, in ms."""
+        import tvm
+
+        from ..compile.shield.dropout import seed_to_rng
+
         x = tvm.runtime.tensor(np.random.default_rng(0).random(self.artifact.input_shape, np.float32), device=self.dev)
-        self.vm.set_input("main", x)
+        fn, args = "main", [x]
+        if self.stochastic:
+            fn = self.artifact.mc_function(T)
+            args.append(tvm.runtime.tensor(seed_to_rng(seed), device=self.dev))
+        self.vm.set_input(fn, *args)
         for _ in range(spec.warmup):
-            self.vm.invoke_stateful("main")
+            self.vm.invoke_stateful(fn)
         f = self.vm.time_evaluator("invoke_stateful", self.dev, number=spec.number, repeat=spec.repeat,
                                    min_repeat_ms=spec.min_repeat_ms)
-        results = [r * 1e3 for r in f("main").results]
-        return summarize_ms(results, batch=self.artifact.batch)
+        results = [r * 1e3 for r in f(fn).results]
+        return dict(summarize_ms(results, batch=self.artifact.batch), T=T if self.stochastic else 1)
 
 
 def summarize_ms(results: list[float], batch: int = 1) -> dict:
@@ -102,15 +140,15 @@ def summarize_ms(results: list[float], batch: int = 1) -> dict:
             "min_ms": min(results), "max_ms": max(results), "repeats": len(results), "batch": batch}
 
 
-def evaluate(dep: Deployment, split, progress: bool = True, chunk: int = 256) -> dict:
-    """Top-1 accuracy of a deployment on a data split."""
+def evaluate(dep: Deployment, split, progress: bool = True, chunk: int = 256, T: int = 1, seed: int = 0) -> dict:
+    """Top-1 accuracy of a deployment on a data split (a shielded one: mean of T passes)."""
     from tqdm import tqdm
 
     correct = 0
     preds = []
     with tqdm(total=len(split), disable=not progress, unit="img", desc="eval") as bar:
         for i in range(0, len(split), chunk):
-            p = dep.predict_logits(split.as_float(i, i + chunk)).argmax(1)
+            p = dep.predict_proba(split.as_float(i, i + chunk), T=T, seed=seed).argmax(1)
             preds.append(p)
             correct += int((p == split.labels[i:i + chunk]).sum())
             bar.update(len(p))

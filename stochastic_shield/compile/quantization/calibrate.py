@@ -21,7 +21,8 @@ def expose_activations(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[relax.Var]
     """A copy of MOD whose main also returns every float32 activation (the input first), for observers."""
     func = mod["main"]
     watched = [func.params[0]] + [b.var for b in tensor_bindings(func)]
-    bb = relax.BlockBuilder()
+    # keep the kernels main calls (input filters, dropout markers)
+    bb = relax.BlockBuilder(tvm.IRModule({g: f for g, f in mod.functions.items() if g.name_hint != "main"}))
     with bb.function("main", list(func.params)):
         with bb.dataflow():
             for b in func.body.blocks[0].bindings:

@@ -15,6 +15,7 @@ _INT8_OPS = _ANCHORS | {
     "aten.view.default", "aten.reshape.default", "aten._unsafe_view.default", "aten.flatten.using_ints",
     "aten.add.Tensor", "aten.mean.dim", "aten._native_batch_norm_legit_no_training.default",
     "aten.clone.default", "aten.alias.default", "aten.dropout.default", "aten.permute.default", "aten.t.default",
+    "shield.mc_dropout.default",  # MC dropout runs on int8 (dropped elements become the zero point)
 }
 
 

@@ -14,6 +14,7 @@ from tvm import relax
 
 from ...errors import ShieldError
 from .calibrate import tensor_bindings
+from ..shield.torch_dropout import marker_info
 from .fixed_point import QMAX, QMIN, choose_qparams, quantize_multiplier, quantize_weights_per_channel
 
 
@@ -111,6 +112,8 @@ class _Planner:
         self.absorbed: set = set()
         self.fp32_layers: list[str] = []
         self.n_quantized = 0
+        self.n_dropout = 0
+        self.mod = mod
 
     # ---------------------------------------------------------------- helpers
     def qparams_of(self, v) -> QParams:
@@ -231,6 +234,14 @@ class _Planner:
         self.layers.append(Layer("add", out, [x, y], attrs))
         self.n_quantized += 1
 
+    def dropout(self, b, x, p: float, layer_id: int):
+        """MC dropout on int8: dropped elements become the zero point; 1/(1-p) is folded into the next layer."""
+        qx = self.need_int8(x)
+        self.q[b.var] = QParams(qx.scale / (1.0 - p), qx.zero_point)  # the kept values' real scale
+        self.layers.append(Layer("dropout", b.var, [x], {"x": qx, "p": p, "layer_id": layer_id}))
+        self.n_dropout += 1
+        return True
+
     def avgpool(self, b, x):
         a = b.value.attrs
         ndim = len(x.ty.shape)
@@ -265,6 +276,9 @@ class _Planner:
         if not isinstance(b.var.ty, relax.TensorType) or b.var.ty.dtype != "float32":
             return False
         args = list(getattr(v, "args", []))
+        marker = marker_info(self.mod, v)
+        if marker is not None:
+            return self.dropout(b, args[1].fields[0] if isinstance(args[1], relax.Tuple) else args[1], *marker)
         if op == "relax.nn.conv2d" and isinstance(args[0], relax.Var) and _is_const(args[1]):
             return self.conv2d(b, args[0], _const(args[1]))
         if op == "relax.matmul" and isinstance(args[0], relax.Var) and _is_const(args[1]):

@@ -1,0 +1,278 @@
+"""Monte Carlo dropout at inference: a stateless random keep mask from Philox-4x32-10, as a TIR kernel.
+
+TVM has no random operator, and a board running MC dropout should hold no RNG state. Every
+keep decision is therefore a pure function of (seed, sample index, layer id, element index),
+drawn from the counter-based generator Philox-4x32-10 (``philox.py``):
+
+  key     = (seed_lo, seed_hi)                       # rng[0], rng[1]: the 64-bit seed
+  counter = (e // 4, s, layer_id, 0)                 # one Philox call serves 4 elements
+  word    = Philox(counter, key)[e % 4]
+  keep    = word >= round(p * 2^32)                  # integer comparison only
+
+where e is the element's flat index within its row and s = sample_offset + t (mod 2^32) is the
+MC sample index. The input rows are grouped as R = B * T: row r is image r // T, sample t = r % T.
+The sample index does not depend on the image, so every image of a batch sees the same T masks,
+and a call with T=1 and sample_offset=t reproduces row t of a T-row call. The runtime input
+``rng = uint32[3] (seed_lo, seed_hi, sample_offset)`` is the only source of randomness: the same
+rng gives the same output on any board, in any order, with any parallel schedule.
+
+  rng = seed_to_rng(seed, sample_offset)
+  y = apply_mc_dropout(bb, x, rng_var, T=8, p=0.1, layer_id=3, zero_point=zp)   # Relax call_tir
+  y_ref = mc_dropout_reference(x_np, rng, T=8, p=0.1, layer_id=3, zero_point=zp)
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from tvm import ir, relax, tirx
+from tvm.script.ir_builder import IRBuilder
+# The TIR builder is "tb", not "T": T is the number of MC samples throughout this module.
+from tvm.script.ir_builder import tirx as tb
+
+from .philox import add_u32, philox4x32_10, philox_tir
+
+MC_DROPOUT_DTYPES = ("int8", "float32")
+_WORDS = 4  # uint32 words per Philox block, hence elements per counter
+
+
+def keep_threshold(p: float) -> int:
+    """The uint32 threshold of drop probability P: an element is kept iff its random word >= it.
+
+    Parameters
+    ----------
+    p : float
+        Drop probability in [0, 1).
+
+    Returns
+    -------
+    int
+        ``round(p * 2^32)``, so P(keep) = 1 - threshold / 2^32 is within 2^-33 of 1 - p. For p so
+        close to 1 that this rounds to 2^32 it is clipped to 2^32 - 1 to stay a uint32.
+    """
+    p = float(p)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"drop probability must be in [0, 1), got {p}")
+    return min(round(p * 2.0**32), 2**32 - 1)
+
+
+def seed_to_rng(seed: int, sample_offset: int = 0) -> np.ndarray:
+    """The kernel's runtime RNG input for a 64-bit seed and the index of the first MC sample.
+
+    Parameters
+    ----------
+    seed : int
+        Seed in [0, 2^64).
+    sample_offset : int
+        Sample index of row t = 0, in [0, 2^32); row t uses sample ``sample_offset + t``.
+
+    Returns
+    -------
+    np.ndarray
+        uint32[3] = (seed_lo, seed_hi, sample_offset).
+    """
+    seed, sample_offset = int(seed), int(sample_offset)
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2^64), got {seed}")
+    if not 0 <= sample_offset < 2**32:
+        raise ValueError(f"sample_offset must be in [0, 2^32), got {sample_offset}")
+    return np.array([seed & 0xFFFFFFFF, seed >> 32, sample_offset], dtype=np.uint32)
+
+
+def dropout_keep_mask(row_shape, T: int, seed: int, sample_offset: int, layer_id: int, p: float) -> np.ndarray:
+    """The keep mask of T consecutive MC samples (numpy reference of the kernel).
+
+    Parameters
+    ----------
+    row_shape : tuple of int
+        Shape of one row of the input (the input without its leading R = B * T axis).
+    T : int
+        Number of samples.
+    seed : int
+        64-bit seed.
+    sample_offset : int
+        Sample index of the first row.
+    layer_id : int
+        The dropout layer's id in [0, 2^32): different layers draw independent masks.
+    p : float
+        Drop probability in [0, 1).
+
+    Returns
+    -------
+    np.ndarray
+        bool[T, *row_shape]: True where the element is kept in sample ``sample_offset + t``.
+    """
+    row_shape = tuple(int(d) for d in row_shape)
+    seed_lo, seed_hi, offset = (int(v) for v in seed_to_rng(seed, sample_offset))
+    _check_layer(layer_id)
+    n = math.prod(row_shape)
+    groups = -(-n // _WORDS)
+    t = np.arange(T, dtype=np.uint64)
+    g = np.arange(groups, dtype=np.uint64)
+    counter = np.zeros((T, groups, 4), dtype=np.uint32)
+    counter[..., 0] = g[None, :]
+    counter[..., 1] = ((offset + t) % 2**32)[:, None]
+    counter[..., 2] = layer_id
+    words = philox4x32_10(counter, np.array([seed_lo, seed_hi], dtype=np.uint32))
+    words = words.reshape(T, groups * _WORDS)[:, :n]
+    return (words >= np.uint32(keep_threshold(p))).reshape((T, *row_shape))
+
+
+def mc_dropout_reference(x: np.ndarray, rng: np.ndarray, *, T: int, p: float, layer_id: int,
+                         zero_point: int = 0) -> np.ndarray:
+    """What the compiled kernel computes, in numpy: the reference the tests compare it with.
+
+    Parameters
+    ----------
+    x : np.ndarray
+        int8 or float32 input of shape (B * T, *rest).
+    rng : np.ndarray
+        uint32[3] (seed_lo, seed_hi, sample_offset), see ``seed_to_rng``.
+    T, p, layer_id, zero_point
+        As in ``mc_dropout_primfunc``.
+
+    Returns
+    -------
+    np.ndarray
+        Same shape and dtype as ``x``.
+    """
+    x = np.asarray(x)
+    _check_args(x.shape, str(x.dtype), T, p, layer_id, zero_point)
+    rng = np.asarray(rng, dtype=np.uint32)
+    seed = int(rng[0]) | int(rng[1]) << 32
+    mask = dropout_keep_mask(x.shape[1:], T, seed, int(rng[2]), layer_id, p)
+    mask = np.tile(mask, (x.shape[0] // T,) + (1,) * (x.ndim - 1))  # row r uses sample r % T
+    if x.dtype == np.int8:
+        return np.where(mask, x, np.int8(zero_point))
+    return np.where(mask, x * _keep_scale(p), np.float32(0.0))
+
+
+def mc_dropout_primfunc(shape, dtype: str, T: int, p: float, layer_id: int, zero_point: int = 0) -> tirx.PrimFunc:
+    """The MC dropout kernel for one layer: ``(x: dtype[shape], rng: uint32[3], out: dtype[shape])``.
+
+    Two spatial blocks, both free to parallelise: ``philox_keep`` runs one Philox block per
+    (sample, group of 4 elements) into a bool[T, 4 * ceil(n / 4)] keep mask, shared by the B
+    images; ``apply_dropout`` then reads that mask at (r % T, e) for every element.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Static input shape (R, *rest); R must be a multiple of T.
+    dtype : str
+        ``"int8"``: kept elements unchanged, dropped ones set to ``zero_point`` (the 1 / (1 - p)
+        rescale is folded into the next layer), integer arithmetic only. ``"float32"``: kept
+        elements multiplied by the float32 constant 1 / (1 - p), dropped ones set to 0.
+    T : int
+        MC samples per image: row r is sample r % T.
+    p : float
+        Drop probability in [0, 1); p = 0 keeps everything.
+    layer_id : int
+        The dropout layer's id in [0, 2^32), the third counter word.
+    zero_point : int
+        int8 value of a dropped element (int8 only; must be 0 for float32).
+
+    Returns
+    -------
+    tvm.tirx.PrimFunc
+    """
+    shape = tuple(int(d) for d in shape)
+    _check_args(shape, dtype, T, p, layer_id, zero_point)
+    rest = shape[1:]
+    n = math.prod(rest)
+    groups = -(-n // _WORDS)
+    threshold = tirx.const(keep_threshold(p), "uint32")
+    with IRBuilder() as ib:
+        with tb.prim_func(s_tir=True):
+            tb.func_name("mc_dropout")
+            tb.func_attr({"tirx.noalias": True})
+            x = tb.arg("x", tb.Buffer(shape, dtype))
+            rng = tb.arg("rng", tb.Buffer((3,), "uint32"))
+            out = tb.arg("out", tb.Buffer(shape, dtype))
+            keep = tb.sblock_alloc_buffer((T, groups * _WORDS), "bool", layout=None)
+            with tb.grid(T, groups) as (t, g):
+                with tb.sblock("philox_keep"):
+                    vt, vg = tb.axis.remap("SS", [t, g])
+                    sample = add_u32(rng[2], tirx.Cast("uint32", vt))  # (offset + t) mod 2^32
+                    words = philox_tir(tirx.Cast("uint32", vg), sample, layer_id, 0, rng[0], rng[1], bind=tb.bind)
+                    for j, word in enumerate(words):
+                        tb.buffer_store(keep, word >= threshold, [vt, vg * _WORDS + j])
+            with tb.grid(*shape) as loops:
+                with tb.sblock("apply_dropout"):
+                    v = _as_list(tb.axis.remap("S" * len(shape), _as_list(loops)))
+                    kept = keep[v[0] % T, _flat_index(v[1:], rest)]
+                    if dtype == "int8":
+                        value = tirx.Select(kept, x[v], tirx.const(zero_point, "int8"))
+                    else:
+                        scaled = x[v] * tirx.const(float(_keep_scale(p)), "float32")
+                        value = tirx.Select(kept, scaled, tirx.const(0.0, "float32"))
+                    tb.buffer_store(out, value, v)
+    return ib.get()
+
+
+def apply_mc_dropout(bb: relax.BlockBuilder, x: relax.Expr, rng: relax.Expr, *, T: int, p: float, layer_id: int,
+                     zero_point: int = 0) -> relax.Expr:
+    """Emit MC dropout of X into the Relax function that BB is building.
+
+    Parameters
+    ----------
+    bb : relax.BlockBuilder
+        Builder inside a function (and usually a dataflow block).
+    x : relax.Expr
+        int8 or float32 tensor of static shape (B * T, *rest).
+    rng : relax.Expr
+        uint32[3] tensor (seed_lo, seed_hi, sample_offset), typically a parameter of main.
+    T, p, layer_id, zero_point
+        As in ``mc_dropout_primfunc``.
+
+    Returns
+    -------
+    relax.Expr
+        The bound result, same type as ``x``.
+    """
+    ty = x.ty
+    if not isinstance(ty, relax.TensorType) or ty.shape is None or ty.dtype not in MC_DROPOUT_DTYPES:
+        raise ValueError(f"MC dropout needs an int8 or float32 tensor of static shape, got {ty}")
+    shape = [int(d) for d in ty.shape]
+    func = mc_dropout_primfunc(shape, ty.dtype, T, p, layer_id, zero_point)
+    # Without its own symbol the kernel is exported under its GlobalVar's name, which the builder
+    # keeps unique: two layers' kernels must not both export "mc_dropout".
+    gvar = bb.add_func(func.without_attr("global_symbol"), f"mc_dropout_l{layer_id}")
+    return bb.emit(relax.call_tir(gvar, [x, rng], out_ty=relax.TensorType(shape, ty.dtype)))
+
+
+def _check_layer(layer_id: int) -> None:
+    """Reject a layer id that is not a uint32."""
+    if not 0 <= int(layer_id) < 2**32:
+        raise ValueError(f"layer_id must be in [0, 2^32), got {layer_id}")
+
+
+def _check_args(shape, dtype: str, T: int, p: float, layer_id: int, zero_point: int) -> None:
+    """Reject arguments the kernel and the reference cannot honour, with the reason."""
+    if dtype not in MC_DROPOUT_DTYPES:
+        raise ValueError(f"MC dropout supports {MC_DROPOUT_DTYPES}, got {dtype}")
+    if len(shape) < 1 or T < 1 or shape[0] % T:
+        raise ValueError(f"the leading axis of {tuple(shape)} must be B * T with T = {T} >= 1")
+    keep_threshold(p)
+    _check_layer(layer_id)
+    if dtype == "int8" and not -128 <= zero_point <= 127:
+        raise ValueError(f"an int8 zero point must be in [-128, 127], got {zero_point}")
+    if dtype == "float32" and zero_point != 0:
+        raise ValueError("float32 MC dropout drops to 0: zero_point must be 0")
+
+
+def _keep_scale(p: float) -> np.float32:
+    """The float32 rescale 1 / (1 - p) of kept elements (inverted dropout)."""
+    return np.float32(1.0 / (1.0 - p))
+
+
+def _as_list(v) -> list:
+    """IRBuilder returns a bare Var for one loop or axis and an array for several."""
+    return [v] if isinstance(v, ir.Expr) else list(v)
+
+
+def _flat_index(idx, dims) -> ir.Expr:
+    """Row-major flat index of IDX within DIMS (0 for a scalar row)."""
+    flat = tirx.const(0, "int32")
+    for i, d in zip(idx, dims):
+        flat = flat * d + i
+    return flat
