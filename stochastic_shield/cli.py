@@ -68,7 +68,7 @@ def cmd_compile(args):
 
     manifest = compile_artifact(CompileArgs(args.checkpoint, args.target, args.out, args.batch, int8=args.int8,
                                             calib=args.calib, observer=args.observer, allow_fp32=args.allow_fp32,
-                                            data_root=args.data_root, progress=not args.json))
+                                            data_root=args.data_root, progress=not args.json, shield=args.shield))
     if args.json:
         _print_json(manifest)
     else:
@@ -109,25 +109,30 @@ def cmd_run(args):
     from .runtime_py.artifact import load_artifact
     from .runtime_py.runner import Deployment
 
+    from .runtime_py.uncertainty import mc_summary
+
     art = load_artifact(args.artifact)
     x, labels, names = _input_images(args, art)
+    T = args.T if art.stochastic else 1
     with Deployment(art, _endpoint(args)) as dep:
-        logits = dep.predict_logits(x)
-    z = logits - logits.max(1, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+        summary = mc_summary(dep.mc_logits(x, T, args.seed))
     rows = []
     for i, name in enumerate(names):
-        k = int(probs[i].argmax())
-        row = {"input": name, "class": k, "label": art.classes[k], "probability": float(probs[i, k])}
+        k = int(summary["pred"][i])
+        row = {"input": name, "class": k, "label": art.classes[k], "probability": float(summary["mean_probs"][i, k]),
+               "entropy": float(summary["entropy"][i]), "mutual_info": float(summary["mutual_info"][i])}
         if labels is not None:
             row["true_class"] = int(labels[i])
         rows.append(row)
     if args.json:
-        _print_json({"where": _endpoint(args).describe(), "predictions": rows})
+        _print_json({"where": _endpoint(args).describe(), "T": T, "seed": args.seed, "predictions": rows})
         return
+    if art.stochastic:
+        print(f"{T} stochastic passes, seed {args.seed}: mean probability, predictive entropy, mutual information")
     for r in rows:
         truth = f"  (true: {art.classes[r['true_class']]})" if "true_class" in r else ""
-        print(f"{r['input']:>12s}: {r['label']:<12s} p={r['probability']:.3f}{truth}")
+        unc = f"  H={r['entropy']:.3f} MI={r['mutual_info']:.3f}" if art.stochastic else ""
+        print(f"{r['input']:>12s}: {r['label']:<12s} p={r['probability']:.3f}{unc}{truth}")
 
 
 def cmd_eval(args):
@@ -138,8 +143,9 @@ def cmd_eval(args):
     art = load_artifact(args.artifact)
     split = load_dataset(args.dataset or art.manifest["model"]["dataset"], "test", args.data_root).subset(args.limit)
     with Deployment(art, _endpoint(args)) as dep:
-        res = evaluate(dep, split, progress=not args.json)
+        res = evaluate(dep, split, progress=not args.json, T=args.T, seed=args.seed)
     res.pop("predictions")
+    res.update(T=args.T if art.stochastic else 1, seed=args.seed)
     res.update(dataset=split.info.name, where=_endpoint(args).describe(), artifact=str(args.artifact))
     if args.json:
         _print_json(res)
@@ -221,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how activation ranges are observed (default minmax)")
     q.add_argument("--allow-fp32", action="store_true", help="run layers that have no int8 form in fp32")
     q.add_argument("--data-root", help="folder of the calibration data set")
+    p.add_argument("--shield", metavar="CONFIG",
+                   help="compile the defense in (needs --int8): 'filter=median:3; dropout=model:0.1; T=1,8,32' "
+                        "or a .toml file; see the README")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=cmd_compile)
 
@@ -241,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--count", type=int, default=8, help="number of test-set images (default 8)")
         else:
             p.add_argument("--limit", type=int, help="evaluate on the first N test images only")
+        p.add_argument("--T", type=int, default=16, help="MC passes for a shielded artifact (default 16)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default 0)")
         _add_rpc(p)
         p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
         p.set_defaults(func=cmd_run if name == "run" else cmd_eval)

@@ -63,6 +63,8 @@ class Prepared:
     input_shape: list
     quantization: dict | None
     shield: dict | None = None
+    plan: object = None    # the QuantPlan (int8), for the numpy reference and the PyTorch replica
+    config: object = None  # the ShieldConfig, if any
 
 
 def prepare_module(args: CompileArgs) -> Prepared:
@@ -95,7 +97,7 @@ def prepare_module(args: CompileArgs) -> Prepared:
     if config is not None:
         mod = InsertInputFilter(config.filters)(mod)
     mod = optimize(mod)
-    quantization = None
+    quantization = plan = None
     if args.int8:
         spec = QuantSpec(observer=args.observer, calib_images=args.calib, allow_fp32=args.allow_fp32)
         if not spec.allow_fp32:
@@ -103,7 +105,7 @@ def prepare_module(args: CompileArgs) -> Prepared:
         mod, plan = quantize(mod, calibration_images(meta["dataset"], spec.calib_images, args.data_root), spec,
                              progress=args.progress, t_set=config.T if config is not None else (1,))
         quantization = dict(spec.describe(), **plan.describe())
-    return Prepared(mod, board, meta, shape, quantization, shield)
+    return Prepared(mod, board, meta, shape, quantization, shield, plan, config)
 
 
 def _functions(prep: Prepared) -> dict:

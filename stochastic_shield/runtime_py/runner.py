@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 from dataclasses import dataclass
 
@@ -41,7 +42,7 @@ class Deployment:
             lib_path = self.artifact.library
             try:
                 if sess is None:
-                    lib = tvm.runtime.load_module(str(lib_path))
+                    lib = tvm.runtime.load_module(str(_unique_copy(lib_path, self.artifact)))
                 else:
                     sess.upload(str(lib_path))
                     lib = sess.load_module(lib_path.name)
@@ -131,6 +132,23 @@ class Deployment:
                                    min_repeat_ms=spec.min_repeat_ms)
         results = [r * 1e3 for r in f(fn).results]
         return dict(summarize_ms(results, batch=self.artifact.batch), T=T if self.stochastic else 1)
+
+
+def _unique_copy(lib_path, artifact):
+    """The library under a name unique to its content: dlopen keeps returning the first library
+    it loaded from a path, so a rebuilt artifact at the same path would silently run the old code."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    digest = artifact.manifest.get("library_sha256") or str(lib_path.stat().st_mtime_ns)
+    dest = Path(tempfile.gettempdir()) / "stochastic-shield-libs" / f"{digest[:24]}.so"
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(f".{os.getpid()}.tmp")
+        shutil.copyfile(lib_path, tmp)
+        os.replace(tmp, dest)
+    return dest
 
 
 def summarize_ms(results: list[float], batch: int = 1) -> dict:
