@@ -181,6 +181,20 @@ def cmd_boards(args):
         print(build_emulated_board(force=args.force))
 
 
+def cmd_bench_latency(args):
+    from .bench.latency import LatencyArgs, format_table, run_latency
+    from .runtime_py.runner import TimingSpec
+
+    res = run_latency(LatencyArgs(args.artifact, args.baseline, [int(t) for t in args.T.split(",")], _endpoint(args),
+                                  args.out, TimingSpec(number=args.number, repeat=args.repeat, warmup=args.warmup),
+                                  progress=not args.json))
+    if args.json:
+        _print_json(res)
+    else:
+        print(format_table(res))
+        print(f"\nwrote {args.out}/latency.json, latency.csv, latency.png ({res['where']})")
+
+
 def cmd_demo(args):
     from .demo import DemoArgs, run_demo
 
@@ -190,6 +204,11 @@ def cmd_demo(args):
 
 
 # ---------------------------------------------------------------- parser
+# Modules that add `shield bench` subcommands with register(bench_subparsers).
+_BENCH_PLUGINS: list[str] = []
+# Modules that add top-level subcommands with register(subparsers).
+_PLUGINS: list[str] = []
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="shield", description=DESCRIPTION,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -268,6 +287,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="with 'build-emulated': rebuild from scratch")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_boards)
+
+    p = sub.add_parser("bench", help="benchmarks users come for: latency against T, robustness under attack",
+                       description="Benchmarks that write JSON, plots and a readable report.")
+    bench = p.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
+    b = bench.add_parser("latency", help="on-board latency of a shielded artifact against T, beside the undefended model",
+                         description="Time mc_T{T} on a board for each T, beside T separate single passes and the "
+                                     "undefended int8 model, in one run. Writes latency.json, .csv and .png.")
+    b.add_argument("artifact", type=Path, help="a shielded artifact (compile --int8 --shield ...)")
+    b.add_argument("--baseline", type=Path, help="the undefended int8 artifact (default: compiled from the manifest)")
+    b.add_argument("--T", default="1,2,4,8,16,32,64", help="comma-separated T values (default 1,2,...,64)")
+    b.add_argument("-o", "--out", type=Path, default=Path("shield-out/latency"))
+    b.add_argument("--number", type=int, default=10, help="calls per timing repeat (default 10)")
+    b.add_argument("--repeat", type=int, default=15, help="timing repeats; the median is reported (default 15)")
+    b.add_argument("--warmup", type=int, default=5)
+    _add_rpc(b)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_latency)
+    for module in _BENCH_PLUGINS:
+        __import__(module, fromlist=["register"]).register(bench)
+
+    for module in _PLUGINS:
+        __import__(module, fromlist=["register"]).register(sub)
 
     p = sub.add_parser("demo", help="the main job: compile the shipped model, run it on a local board, report",
                        description="Compile the shipped Fashion-MNIST model for the host, start a local tracker and "
