@@ -247,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--allow-fp32", action="store_true", help="run layers that have no int8 form in fp32")
     q.add_argument("--data-root", help="folder of the calibration data set")
     p.add_argument("--shield", metavar="CONFIG",
-                   help="compile the defense in (needs --int8): 'filter=median:3; dropout=model:0.1; T=1,8,32' "
-                        "or a .toml file; see the README")
+                   help="compile the defense in (needs --int8): 'default' (filter=bits:3; dropout=model:0.3), "
+                        "'filter=median:3; dropout=model:0.1; T=1,8,32' or a .toml file; see the README")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=cmd_compile)
 
