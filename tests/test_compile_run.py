@@ -115,3 +115,20 @@ def test_unknown_key_lists_the_keys_on_the_tracker(host_artifact, boards):
     with pytest.raises(ShieldError, match=r"no board registered under key 'pi5'.*host \(1\)"):
         with Deployment(host_artifact, Endpoint(boards.tracker, "pi5")):
             pass
+
+
+def test_board_is_free_again_right_after_a_deployment_closes(host_artifact, fashion_test, boards):
+    """A closed session must release the board at once, not at its session timeout."""
+    import time
+
+    from stochastic_shield.runtime_py.session import tracker_summary
+
+    with Deployment(host_artifact, Endpoint(boards.tracker, "host", session_timeout=600)) as dep:
+        dep.predict_logits(fashion_test.as_float(0, 8))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if tracker_summary(boards.tracker)["queue_info"].get("host", {}).get("free", 0) >= 1:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the host board stayed busy after the session was closed")

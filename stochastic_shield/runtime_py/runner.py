@@ -60,8 +60,13 @@ class Deployment:
         return self
 
     def __exit__(self, *exc):
-        self.vm = None
+        import gc
+
+        self.vm = self.dev = None
         self._stack.close()
+        # The VM and remote module form reference cycles; until they are collected the board keeps
+        # the session (and stays busy for the tracker) up to its session timeout.
+        gc.collect()
 
     @property
     def stochastic(self) -> bool:
