@@ -205,7 +205,7 @@ def cmd_demo(args):
 
 # ---------------------------------------------------------------- parser
 # Modules that add `shield bench` subcommands with register(bench_subparsers).
-_BENCH_PLUGINS: list[str] = []
+_BENCH_PLUGINS: list[str] = ["stochastic_shield.bench.cli_robustness"]
 # Modules that add top-level subcommands with register(subparsers).
 _PLUGINS: list[str] = []
 
