@@ -198,7 +198,8 @@ def cmd_bench_latency(args):
 def cmd_demo(args):
     from .demo import DemoArgs, run_demo
 
-    res = run_demo(DemoArgs(out=args.out, limit=args.limit, checkpoint=args.checkpoint))
+    res = run_demo(DemoArgs(out=args.out, checkpoint=args.checkpoint, limit=args.limit, shield=args.shield,
+                            resume=not args.fresh))
     if args.json:
         _print_json(res)
 
@@ -310,12 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
     for module in _PLUGINS:
         __import__(module, fromlist=["register"]).register(sub)
 
-    p = sub.add_parser("demo", help="the main job: compile the shipped model, run it on a local board, report",
-                       description="Compile the shipped Fashion-MNIST model for the host, start a local tracker and "
-                                   "RPC board, measure accuracy and latency there, and stop the board.")
+    p = sub.add_parser("demo", help="the main job: shielded int8 model on a local board, latency vs T, robustness",
+                       description="Compile the shipped Fashion-MNIST model to int8 with the default shield for the "
+                                   "host, start a local tracker and RPC board, measure clean accuracy, latency "
+                                   "against T and robustness (FGSM, PGD-20, adaptive EOT+BPDA at eps 0.1) there, "
+                                   "stop the board and write shield-out/REPORT.md with plots. A few minutes; "
+                                   "a rerun resumes the robustness cells already done.")
     p.add_argument("checkpoint", type=Path, nargs="?", help="checkpoint (default: the shipped one)")
     p.add_argument("-o", "--out", type=Path, default=Path("shield-out"), help="output folder (default shield-out)")
-    p.add_argument("--limit", type=int, help="evaluate on the first N test images only (default all 10000)")
+    p.add_argument("--limit", type=int, default=200, help="test images attacked (default 200)")
+    p.add_argument("--shield", default="default", help="shield config (default: filter=bits:3; dropout=model:0.3)")
+    p.add_argument("--fresh", action="store_true", help="recompute robustness cells instead of resuming")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_demo)
     return ap

@@ -1,21 +1,30 @@
-"""The main job on the embedded default: compile the shipped model, run it on a local RPC board, report."""
+"""The main job on the embedded default: the shielded int8 model on a local RPC board, its latency
+against T and its robustness under attack, ending with a report and plots."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._atomic import write_json
+from ._atomic import atomic_file, write_json
 
 
 @dataclass
 class DemoArgs:
-    """Settings of the demo."""
+    """Settings of the demo (defaults: a few minutes on 2 cores)."""
 
     out: Path = Path("shield-out")
-    limit: int | None = None
     checkpoint: Path | None = None
-    eval_batch: int = 50
+    shield: str = "default"
+    limit: int = 200                       # test images for the robustness run
+    attacks: tuple[str, ...] = ("fgsm", "pgd20", "adaptive")
+    eps: tuple[float, ...] = (0.0, 0.1)
+    robust_T: tuple[int, ...] = (1, 8, 32)
+    latency_T: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    eot_samples: int = 10
+    accuracy_images: int = 2000            # clean accuracy of int8 + shield at T=16 over RPC
+    resume: bool = True
+    timing: dict = field(default_factory=lambda: {"number": 10, "repeat": 15, "warmup": 5})
 
 
 def _step(msg: str):
@@ -23,39 +32,94 @@ def _step(msg: str):
 
 
 def run_demo(args: DemoArgs) -> dict:
-    """Compile for the host, start a tracker and host RPC board, measure accuracy and latency there."""
+    """Compile int8 + shield for the host, start a tracker and a host RPC board, measure accuracy,
+    latency against T and robustness there, stop the board, and write REPORT.md beside the plots."""
+    from .bench.latency import LatencyArgs, format_table, run_latency
+    from .bench.robustness import RobustnessArgs, run_robustness
     from .checkpoint import load_checkpoint
     from .compile.build import CompileArgs, compile_artifact
+    from .compile.shield.config import DEFAULT_SHIELD, parse_shield
     from .data import load_dataset
     from .runtime_py.boards import local_boards
     from .runtime_py.runner import Deployment, TimingSpec, evaluate
     from .runtime_py.session import Endpoint
 
     out = Path(args.out)
+    t_start = time.perf_counter()
     _, meta = load_checkpoint(args.checkpoint)
-    _step(f"model: {meta['arch']} on {meta['dataset']} (PyTorch fp32 test accuracy {meta['test_accuracy']:.2%})")
-    split = load_dataset(meta["dataset"], "test").subset(args.limit)
+    config = parse_shield(DEFAULT_SHIELD if args.shield == "default" else args.shield)
+    _step(f"model: {meta['arch']} on {meta['dataset']} (PyTorch fp32 test accuracy {meta['test_accuracy']:.2%}); "
+          f"shield: {config}")
 
     t0 = time.perf_counter()
-    latency_art = out / "host-fp32"
-    compile_artifact(CompileArgs(args.checkpoint, "host", latency_art, batch=1))
-    eval_art = out / f"host-fp32-b{args.eval_batch}"
-    compile_artifact(CompileArgs(args.checkpoint, "host", eval_art, batch=args.eval_batch))
-    _step(f"compiled for host in {time.perf_counter() - t0:.1f} s -> {latency_art}, {eval_art}")
+    lat_art, acc_art = out / "host-int8-shield-b1", out / "host-int8-shield-b50"
+    shield_lat = f"filter={'+'.join(map(str, config.filters)) or 'none'}; " \
+                 f"dropout={','.join(map(str, config.dropout))}; T={','.join(map(str, args.latency_T))}"
+    compile_artifact(CompileArgs(args.checkpoint, "host", lat_art, batch=1, int8=True, shield=shield_lat))
+    compile_artifact(CompileArgs(args.checkpoint, "host", acc_art, batch=50, int8=True,
+                                 shield=shield_lat.rsplit("T=", 1)[0] + "T=16"))
+    _step(f"compiled int8 + shield for the host in {time.perf_counter() - t0:.1f} s -> {lat_art}")
 
+    test = load_dataset(meta["dataset"], "test").subset(args.accuracy_images)
     with local_boards() as boards:
-        ep = Endpoint(boards.tracker, "host")
+        ep = Endpoint(boards.tracker, "host", session_timeout=1800)
         _step(f"local boards up: tracker {boards.tracker}, host RPC server under key 'host'")
-        with Deployment(eval_art, ep) as dep:
-            acc = evaluate(dep, split)
+        with Deployment(acc_art, ep) as dep:
+            acc = evaluate(dep, test, T=16, seed=0)
         acc.pop("predictions")
-        _step(f"accuracy on the host board over RPC: {acc['accuracy']:.2%} ({acc['correct']}/{acc['images']})")
-        with Deployment(latency_art, ep) as dep:
-            lat = dep.time(TimingSpec(number=20, repeat=15, warmup=5))
-        _step(f"latency on the host board (batch 1, untuned, median of {lat['repeats']}): {lat['median_ms']:.3f} ms "
-              f"[p25 {lat['p25_ms']:.3f}, p75 {lat['p75_ms']:.3f}]")
+        _step(f"clean accuracy of int8 + shield (T=16) on the host board: {acc['accuracy']:.2%} "
+              f"({acc['correct']}/{acc['images']})")
+
+        lat = run_latency(LatencyArgs(lat_art, None, list(args.latency_T), ep, out / "latency",
+                                      TimingSpec(**args.timing)))
+        _step("latency on the host board against T (untuned):\n" + format_table(lat))
+
+        rob = run_robustness(RobustnessArgs(
+            checkpoint=args.checkpoint, limit=args.limit, attacks=args.attacks, eps=args.eps, T=args.robust_T,
+            filter="+".join(map(str, config.filters)) or "none", dropout=",".join(map(str, config.dropout)),
+            eot_samples=args.eot_samples, rpc=boards.tracker, key="host", session_timeout=1800,
+            out=out / "robustness", resume=args.resume, batch=50, threads=1))
+    _step("boards stopped")
+
+    report = _report(meta, config, acc, lat, rob, out)
     result = {"model": {k: meta[k] for k in ("arch", "dataset", "test_accuracy", "weights_sha256")},
-              "accuracy": acc, "latency": lat, "artifacts": [str(latency_art), str(eval_art)]}
+              "shield": str(config), "accuracy_T16": acc, "latency": lat["rows"],
+              "sanity_checks": rob["sanity"], "report": str(report),
+              "wall_s": time.perf_counter() - t_start}
     write_json(out / "demo.json", result)
-    _step(f"boards stopped; results in {out / 'demo.json'}")
+    _step(f"report: {report}")
+    _step(f"plots: {out / 'latency' / 'latency.png'}, {out / 'robustness' / 'robustness_transfer.png'}, "
+          f"{out / 'robustness' / 'robustness_adaptive.png'}  ({result['wall_s']:.0f} s in all)")
     return result
+
+
+def _report(meta, config, acc, lat, rob, out: Path) -> Path:
+    """REPORT.md: the three results with links to the detailed report and the plots."""
+    from .bench.latency import format_table
+
+    lines = [
+        f"# stochastic-shield demo: {meta['arch']} on {meta['dataset']}",
+        "",
+        f"Shield: `{config}`. Board: this machine's CPU through a local TVM RPC tracker (key `host`). "
+        "Kernels untuned (see `shield tune`).",
+        "",
+        "## Clean accuracy",
+        f"int8 + shield at T = 16: **{acc['accuracy']:.2%}** on {acc['images']} test images "
+        f"(PyTorch fp32: {meta['test_accuracy']:.2%} on all 10000).",
+        "",
+        "## Latency against T",
+        format_table(lat),
+        "",
+        "![latency](latency/latency.png)",
+        "",
+        "## Robustness",
+        "Details, threat models and sanity checks: [robustness/robustness.md](robustness/robustness.md).",
+        "",
+        "![transfer](robustness/robustness_transfer.png)",
+        "![adaptive](robustness/robustness_adaptive.png)",
+        "",
+    ]
+    path = out / "REPORT.md"
+    with atomic_file(path) as f:
+        f.write("\n".join(lines))
+    return path
