@@ -65,10 +65,15 @@ def cmd_train(args):
 
 def cmd_compile(args):
     from .compile.build import CompileArgs, compile_artifact
+    from .schedules import model_meta, resolve_database
 
+    # the model's default tuning database is picked up unless --no-db; --db names another one
+    db = None if args.no_db else resolve_database(args.target, model_meta(args.checkpoint),
+                                                  "int8" if args.int8 else "fp32", explicit=args.db)
     manifest = compile_artifact(CompileArgs(args.checkpoint, args.target, args.out, args.batch, int8=args.int8,
                                             calib=args.calib, observer=args.observer, allow_fp32=args.allow_fp32,
-                                            data_root=args.data_root, progress=not args.json, shield=args.shield))
+                                            data_root=args.data_root, progress=not args.json, shield=args.shield),
+                                database_dir=db)
     if args.json:
         _print_json(manifest)
     else:
@@ -208,7 +213,7 @@ def cmd_demo(args):
 # Modules that add `shield bench` subcommands with register(bench_subparsers).
 _BENCH_PLUGINS: list[str] = ["stochastic_shield.bench.cli_robustness"]
 # Modules that add top-level subcommands with register(subparsers).
-_PLUGINS: list[str] = []
+_PLUGINS: list[str] = ["stochastic_shield.schedules.cli"]
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="shield", description=DESCRIPTION,
@@ -250,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shield", metavar="CONFIG",
                    help="compile the defense in (needs --int8): 'default' (filter=bits:3; dropout=model:0.3), "
                         "'filter=median:3; dropout=model:0.1; T=1,8,32' or a .toml file; see the README")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--db", type=Path, metavar="DIR", help="apply tuned schedules from this database "
+                                                         "(default: the model's own database, if tuned)")
+    g.add_argument("--no-db", action="store_true", help="ignore the model's default tuning database")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=cmd_compile)
 

@@ -1,0 +1,202 @@
+"""`shield tune` and `shield schedules ...`: parse arguments, call the typed functions, print."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import ShieldError
+
+
+def register(subparsers) -> None:
+    """Add the 'tune' and 'schedules' subcommands to the shield CLI's subparsers."""
+    p = subparsers.add_parser(
+        "tune", help="tune a model's kernels for a board with MetaSchedule (resumable)",
+        description="Tune the kernels of a model for a board with MetaSchedule (XGBoost cost model), measuring "
+                    "candidates on the boards registered under KEY at a tracker (several boards measure in "
+                    "parallel), and append the results to the model's schedule database. Rerunning the same "
+                    "command continues: records already in the database count toward --trials. Ctrl-C stops "
+                    "after the current round.")
+    p.add_argument("checkpoint", type=Path, nargs="?", help="checkpoint .pt (default: the shipped Fashion-MNIST CNN)")
+    p.add_argument("--target", default="host", help="board name, see 'shield targets' (default host)")
+    p.add_argument("--tracker", metavar="HOST:PORT",
+                   help="RPC tracker of the boards (required except for --target host, measured on this machine)")
+    p.add_argument("--key", help="tracker key of the boards (default: the board's rpc_key)")
+    p.add_argument("--trials", type=int, default=64, help="measured candidates for the whole model, "
+                                                          "including those already in the database (default 64)")
+    p.add_argument("--fp32", action="store_true", help="tune the fp32 model (default: int8, as compile --int8)")
+    p.add_argument("--db", type=Path, help="database folder (default: 'shield schedules path' of the model)")
+    p.add_argument("--task", action="append", default=[], metavar="NAME",
+                   help="tune only tasks whose name contains NAME (repeatable)")
+    p.add_argument("--max-trials-per-task", type=int, metavar="N", help="cap per task (default: none)")
+    p.add_argument("--trials-per-round", type=int, metavar="N",
+                   help="candidates per round (default: the budget spread over the tasks, 2..32)")
+    p.add_argument("--batch", type=int, default=1, help="static batch size, as for compile (default 1)")
+    q = p.add_argument_group("int8 quantization (as for compile)")
+    q.add_argument("--calib", type=int, default=512, metavar="N")
+    q.add_argument("--observer", default="minmax", choices=["minmax", "moving_average", "percentile"])
+    q.add_argument("--allow-fp32", action="store_true")
+    q.add_argument("--data-root")
+    m = p.add_argument_group("building and measuring")
+    m.add_argument("--builder-timeout", type=float, default=120.0, metavar="S",
+                   help="seconds per candidate build (default 120)")
+    m.add_argument("--runner-workers", type=int, metavar="N",
+                   help="parallel measurements (default: number of boards under the key)")
+    m.add_argument("--session-timeout", type=float, default=120.0, metavar="S",
+                   help="seconds a board keeps one measurement session (default 120)")
+    m.add_argument("--queue-timeout", type=float, default=120.0, metavar="S",
+                   help="seconds to wait for a free board before a measurement fails (default 120)")
+    m.add_argument("--seed", type=int, help="random seed of the search")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_tune)
+
+    p = subparsers.add_parser(
+        "schedules", help="inspect, merge and locate tuning databases",
+        description="Tuning databases are MetaSchedule JSON folders, one per (board, model, precision), that "
+                    "'shield tune' writes and 'shield compile' applies.")
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    s = sub.add_parser("show", help="tasks, trials and best latencies in a database")
+    s.add_argument("db", type=Path, help="database folder")
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("merge", help="add the records of databases to another (duplicates kept once)")
+    s.add_argument("dst", type=Path, help="database folder to merge into (created if needed)")
+    s.add_argument("srcs", type=Path, nargs="+", metavar="SRC", help="database folders to merge from")
+    s.add_argument("--allow-mixed-targets", action="store_true",
+                   help="merge even if the databases were tuned for different targets")
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("path", help="the database folder tune writes and compile applies for a model and board")
+    s.add_argument("checkpoint", type=Path, nargs="?", help="checkpoint .pt (default: the shipped model)")
+    s.add_argument("--target", default="host", help="board name (default host)")
+    s.add_argument("--fp32", action="store_true", help="the fp32 model's database (default int8)")
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("repair", help="drop the lines of a database that do not parse (e.g. cut short by a kill)")
+    s.add_argument("db", type=Path, help="database folder")
+    s.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_schedules)
+
+
+# ---------------------------------------------------------------- commands
+def cmd_tune(args) -> None:
+    from .tune import TuneArgs, tune
+
+    res = tune(TuneArgs(
+        checkpoint=args.checkpoint, target=args.target, tracker=args.tracker, key=args.key, trials=args.trials,
+        int8=not args.fp32, db=args.db, max_trials_per_task=args.max_trials_per_task,
+        num_trials_per_iter=args.trials_per_round, tasks=tuple(args.task), batch=args.batch, calib=args.calib,
+        observer=args.observer, allow_fp32=args.allow_fp32, data_root=args.data_root,
+        builder_timeout=args.builder_timeout, runner_workers=args.runner_workers,
+        session_timeout=args.session_timeout, queue_timeout=args.queue_timeout, seed=args.seed,
+        progress=not args.json))
+    if args.json:
+        _print_json(res)
+    else:
+        _print_tune(res)
+    if res["status"] == "interrupted":
+        raise KeyboardInterrupt
+    if res["status"] == "stopped":
+        raise ShieldError(f"tuning stopped: {res['reason']}; {res['trials_after']} measured schedules are kept "
+                          f"in {res['database']}", "rerun the same command to continue when boards are back")
+
+
+def cmd_schedules(args) -> None:
+    from . import database as dbm
+
+    if args.action == "show":
+        res = dbm.show(args.db)
+        _print_json(res) if args.json else _print_show(res)
+    elif args.action == "merge":
+        res = dbm.merge(args.dst, *args.srcs, allow_mixed_targets=args.allow_mixed_targets)
+        if args.json:
+            _print_json(res)
+        else:
+            print(f"{res['path']}: {res['added']} records added, {res['duplicates']} duplicates skipped; "
+                  f"now {res['records']} records of {res['workloads']} workloads")
+    elif args.action == "path":
+        precision = "fp32" if args.fp32 else "int8"
+        from ..targets import get_board
+
+        board = get_board(args.target)
+        meta = dbm.model_meta(args.checkpoint)
+        path = dbm.default_database_dir(board.name, meta, precision)
+        shipped = dbm.shipped_database_dir(board.name, meta, precision)
+        applied = dbm.find_database(board.name, meta, precision)
+        res = {"path": str(path), "exists": path.is_dir(), "has_records": dbm.has_records(path),
+               "shipped": str(shipped) if dbm.has_records(shipped) else None,
+               "compile_applies": str(applied) if applied else None}
+        if args.json:
+            _print_json(res)
+        else:
+            print(res["path"])
+            if not res["has_records"]:
+                print(f"(no records yet{'; compile applies the shipped ' + res['shipped'] if res['shipped'] else ''})",
+                      file=sys.stderr)
+    elif args.action == "repair":
+        res = dbm.repair(args.db)
+        if args.json:
+            _print_json(res)
+        else:
+            for d in res["dropped"]:
+                print(f"dropped {d['file']} line {d['line']}: {d['problem']}")
+            print(f"{res['path']}: {len(res['dropped'])} broken lines dropped; "
+                  f"{res['records']} records of {res['workloads']} workloads kept")
+
+
+# ---------------------------------------------------------------- printing
+def _print_json(obj) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def _ms(v) -> str:
+    return f"{v:.4g}" if v is not None else "-"
+
+
+def _print_tune(res: dict) -> None:
+    print(f"{'task':58s} {'trials':>11s} {'failed':>6s} {'best ms (before -> now)':>24s}")
+    for t in res["tasks"]:
+        trials = f"{t['trials_before']}->{t['trials']}"
+        print(f"{_clip(t['task'], 58):58s} {trials:>11s} {t['failed'] - t['failed_before']:>6d} "
+              f"{_ms(t['best_ms_before']):>11s} -> {_ms(t['best_ms']):<10s}")
+    for addr, b in res.get("boards", {}).items():
+        err = f"  e.g. {b['errors'][0]}" if b["errors"] else ""
+        print(f"board {addr}: {b['measured']} measured, {b['failed']} failed{err}")
+    print(f"{res['status']}: {res['trials_after']} of {res['budget']} trials in {res['database']} "
+          f"({res['measured']} this run, {res['failed']} failed, {res['elapsed_s']:.0f} s)")
+    if res["status"] in ("done", "budget reached"):
+        flag = " --int8" if res["precision"] == "int8" else ""
+        print(f"apply it: shield compile --target {res['target']}{flag} --db {res['database']} -o DIR")
+
+
+def _print_show(res: dict) -> None:
+    print(f"{res['path']}  ({', '.join(res['targets']) or 'no records'})")
+    print(f"{'task':58s} {'trials':>6s} {'failed':>6s} {'best ms':>10s}")
+    for t in res["tasks"]:
+        print(f"{_clip(t['task'], 58):58s} {t['trials']:>6d} {t['failed']:>6d} {_ms(t['best_ms']):>10s}")
+    tot = res["totals"]
+    print(f"{tot['workloads']} workloads ({tot['tuned_workloads']} tuned), {tot['trials']} records "
+          f"({tot['failed']} failed); tuned kernels total {_ms(tot['best_total_ms'])} ms")
+
+
+def _clip(name: str, width: int) -> str:
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def _standalone(argv=None) -> int:
+    """``python -m stochastic_shield.schedules.cli``: the two subcommands on their own (until wired into shield)."""
+    ap = argparse.ArgumentParser(prog="shield")
+    register(ap.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = ap.parse_args(argv)
+    try:
+        args.func(args)
+    except ShieldError as e:
+        print(f"shield {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"shield {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_standalone())
