@@ -109,8 +109,6 @@ def _input_images(args, art):
 
 
 def cmd_run(args):
-    import numpy as np
-
     from .runtime_py.artifact import load_artifact
     from .runtime_py.runner import Deployment
 

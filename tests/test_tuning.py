@@ -18,7 +18,7 @@ import pytest
 from stochastic_shield.errors import ShieldError
 from stochastic_shield.runtime_py import boards as B
 from stochastic_shield.schedules import database as D
-from stochastic_shield.schedules.cli import _standalone
+from stochastic_shield.cli import main as shield_main
 from stochastic_shield.schedules.tune import TuneArgs, tune
 
 DENSE = "fused_matmul1_add3"   # the host fp32 model's last dense layer: fast to build and measure
@@ -78,7 +78,7 @@ def test_show_lists_each_task_with_trials_and_best_latency(host_db):
 def test_rerun_with_spent_budget_measures_nothing(two_servers, host_db, tmp_path, capsys):
     _, db = host_db
     before = _record_lines(db)
-    code = _standalone(["tune", "--fp32", "--db", str(db), "--trials", "4", "--task", DENSE,
+    code = shield_main(["tune", "--fp32", "--db", str(db), "--trials", "4", "--task", DENSE,
                         "--tracker", two_servers.tracker, "--key", "host2", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0
@@ -144,7 +144,7 @@ def test_corrupt_database_is_a_one_line_error_naming_file_and_line(host_db, tmp_
                  lambda: tune(_args(bad, tmp_path / "logs", trials=8))):  # before any slow work
         with pytest.raises(ShieldError, match=f"line {n}"):
             call()
-    assert _standalone(["schedules", "show", str(bad)]) == 2
+    assert shield_main(["schedules", "show", str(bad)]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and f"line {n}" in lines[0]
 

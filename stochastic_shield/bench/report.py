@@ -5,7 +5,7 @@ import io
 from pathlib import Path
 
 from .._atomic import atomic_file
-from .robustness import THREATS, eps_key, lookup
+from .robustness import THREATS, lookup
 
 REPORT = "robustness.md"
 PLOT = "robustness_{threat}.png"

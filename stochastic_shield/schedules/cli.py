@@ -1,7 +1,6 @@
 """`shield tune` and `shield schedules ...`: parse arguments, call the typed functions, print."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -180,23 +179,3 @@ def _print_show(res: dict) -> None:
 
 def _clip(name: str, width: int) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
-
-
-def _standalone(argv=None) -> int:
-    """``python -m stochastic_shield.schedules.cli``: the two subcommands on their own (until wired into shield)."""
-    ap = argparse.ArgumentParser(prog="shield")
-    register(ap.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = ap.parse_args(argv)
-    try:
-        args.func(args)
-    except ShieldError as e:
-        print(f"shield {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"shield {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_standalone())

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-import tvm
 from tvm import relax, s_tir, te, tirx
 
 from ...errors import ShieldError
