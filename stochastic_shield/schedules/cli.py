@@ -32,6 +32,8 @@ def register(subparsers) -> None:
     p.add_argument("--trials-per-round", type=int, metavar="N",
                    help="candidates per round (default: the budget spread over the tasks, 2..32)")
     p.add_argument("--batch", type=int, default=1, help="static batch size, as for compile (default 1)")
+    p.add_argument("--shield", metavar="CONFIG", help="tune the shielded model, as compile --shield (its batch-T "
+                                                      "dense and dropout kernels); shares the model's database")
     q = p.add_argument_group("int8 quantization (as for compile)")
     q.add_argument("--calib", type=int, default=512, metavar="N")
     q.add_argument("--observer", default="minmax", choices=["minmax", "moving_average", "percentile"])
@@ -83,7 +85,7 @@ def cmd_tune(args) -> None:
         checkpoint=args.checkpoint, target=args.target, tracker=args.tracker, key=args.key, trials=args.trials,
         int8=not args.fp32, db=args.db, max_trials_per_task=args.max_trials_per_task,
         num_trials_per_iter=args.trials_per_round, tasks=tuple(args.task), batch=args.batch, calib=args.calib,
-        observer=args.observer, allow_fp32=args.allow_fp32, data_root=args.data_root,
+        observer=args.observer, allow_fp32=args.allow_fp32, data_root=args.data_root, shield=args.shield,
         builder_timeout=args.builder_timeout, runner_workers=args.runner_workers,
         session_timeout=args.session_timeout, queue_timeout=args.queue_timeout, seed=args.seed,
         progress=not args.json))

@@ -49,6 +49,7 @@ class TuneArgs:
     num_trials_per_iter: int | None = None   # candidates per round; None: budget / tasks, within 2..32
     tasks: tuple[str, ...] = ()        # tune only the tasks whose name contains one of these
     batch: int = 1
+    shield: object = None              # as CompileArgs: tune the shielded module's kernels (mc_T{T}, dropout)
     calib: int = 512                   # as CompileArgs: int8 calibration
     observer: str = "minmax"
     allow_fp32: bool = False
@@ -129,7 +130,7 @@ def tune(args: TuneArgs) -> dict:
         dbm.check_target(db_dir, board.name)
     prep = prepare_module(CompileArgs(args.checkpoint, args.target, batch=args.batch, int8=args.int8,
                                       calib=args.calib, observer=args.observer, allow_fp32=args.allow_fp32,
-                                      data_root=args.data_root, progress=args.progress))
+                                      data_root=args.data_root, progress=args.progress, shield=args.shield))
 
     target = board.tvm_target()
     tasks = _extract(lower(prep.mod, target), target, args.tasks)
