@@ -58,6 +58,7 @@ class TuningBenchArgs:
     local: bool = False                      # measure candidates in-process (LocalRunner), no RPC server
     population: int = 512
     fresh: bool = False
+    retime: bool = False             # re-measure finished artifacts and peers only
     progress: bool = True
 
 
@@ -183,6 +184,18 @@ def run(args: TuningBenchArgs) -> dict:
     results = _start(args, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.progress else (lambda _: None)
+
+    if args.retime:  # re-measure every finished artifact and the peers side by side, tuning nothing
+        say("re-timing the finished artifacts and the peers in one run")
+        results["peers"] = _peer_latencies(args, workdir)
+        for precision, entry in results["tvm"].items():
+            for budget, row in entry["budgets"].items():
+                row["model"] = _time_artifact(workdir / f"artifact-{precision}-{budget}", args.timing)
+        results["retimed"] = _now()
+        results["machine"]["loadavg_end"] = list(os.getloadavg())
+        write_json(args.out, results)
+        plot(results, args.out.with_suffix(".png"))
+        return results
 
     if not results["peers"]:
         say("timing PyTorch and ONNX Runtime")
@@ -354,12 +367,14 @@ def parse_args(argv=None) -> TuningBenchArgs:
     p.add_argument("--population", type=int, default=512, help="evolutionary search population (default: 512)")
     p.add_argument("--local", action="store_true", help="measure candidates in-process instead of on an RPC server")
     p.add_argument("--fresh", action="store_true", help="discard earlier results and databases and start over")
+    p.add_argument("--retime", action="store_true",
+                   help="tune nothing: re-measure the finished artifacts and the peers together (on a quiet machine)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     return TuningBenchArgs(budgets=a.budgets, precisions=tuple(x for x in a.precisions.split(",") if x),
                            out=a.out, workdir=a.workdir,
                            timing=TimingSpec(number=a.number, repeat=a.repeat, warmup=a.warmup),
-                           threads=a.threads, local=a.local, population=a.population, fresh=a.fresh,
+                           threads=a.threads, local=a.local, population=a.population, fresh=a.fresh, retime=a.retime,
                            progress=not a.no_progress)
 
 
