@@ -268,18 +268,9 @@ def time_ort(session, x: np.ndarray, number: int = 10, repeat: int = 10, warmup:
 
 
 def _accuracy(predict, split, chunk: int, progress: bool, desc: str) -> dict:
-    from tqdm import tqdm
+    from stochastic_shield.runtime_py.runner import accuracy
 
-    correct, preds = 0, []
-    with tqdm(total=len(split), disable=not progress, unit="img", desc=desc, leave=False) as bar:
-        for i in range(0, len(split), chunk):
-            p = predict(split.as_float(i, i + chunk)).argmax(1)
-            preds.append(p)
-            correct += int((p == split.labels[i:i + chunk]).sum())
-            bar.update(len(p))
-    n = len(split)
-    return {"accuracy": correct / n if n else float("nan"), "correct": correct, "images": n,
-            "predictions": np.concatenate(preds) if preds else np.zeros(0, np.int64)}
+    return accuracy(predict, split, chunk, progress, desc)
 
 
 def accuracy_torch(model: nn.Module, split, chunk: int = 256, progress: bool = False,

@@ -165,13 +165,18 @@ def summarize_ms(results: list[float], batch: int = 1) -> dict:
 
 def evaluate(dep: Deployment, split, progress: bool = True, chunk: int = 256, T: int = 1, seed: int = 0) -> dict:
     """Top-1 accuracy of a deployment on a data split (a shielded one: mean of T passes)."""
+    return accuracy(lambda x: dep.predict_proba(x, T=T, seed=seed), split, chunk, progress)
+
+
+def accuracy(predict, split, chunk: int = 256, progress: bool = True, desc: str = "eval") -> dict:
+    """Top-1 accuracy of any PREDICT(images) -> scores (N, K) on a data split, in chunks, with a progress bar."""
     from tqdm import tqdm
 
     correct = 0
     preds = []
-    with tqdm(total=len(split), disable=not progress, unit="img", desc="eval") as bar:
+    with tqdm(total=len(split), disable=not progress, unit="img", desc=desc, leave=False) as bar:
         for i in range(0, len(split), chunk):
-            p = dep.predict_proba(split.as_float(i, i + chunk), T=T, seed=seed).argmax(1)
+            p = np.asarray(predict(split.as_float(i, i + chunk))).argmax(1)
             preds.append(p)
             correct += int((p == split.labels[i:i + chunk]).sum())
             bar.update(len(p))
