@@ -51,7 +51,7 @@ def main(argv=None):
                 write_json(args.out, res)
                 print(f"{f:18s} p={p:<5} acc={acc:.4f}", flush=True)
     base = res["rows"]["none|0.0"]["accuracy"]
-    print(f"\n| filter | " + " | ".join(f"p={p}" for p in RATES) + " |")
+    print("\n| filter | " + " | ".join(f"p={p}" for p in RATES) + " |")
     print("|---|" + "---|" * len(RATES))
     for f in FILTERS:
         cells = []

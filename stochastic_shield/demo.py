@@ -3,7 +3,7 @@ against T and its robustness under attack, ending with a report and plots."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ._atomic import atomic_file, write_json
@@ -38,7 +38,7 @@ def run_demo(args: DemoArgs) -> dict:
     from .bench.robustness import RobustnessArgs, run_robustness
     from .checkpoint import load_checkpoint
     from .compile.build import CompileArgs, compile_artifact
-    from .compile.shield.config import DEFAULT_SHIELD, parse_shield
+    from .compile.shield.config import parse_shield
     from .data import load_dataset
     from .runtime_py.boards import local_boards
     from .runtime_py.runner import Deployment, TimingSpec, evaluate
@@ -47,17 +47,16 @@ def run_demo(args: DemoArgs) -> dict:
     out = Path(args.out)
     t_start = time.perf_counter()
     _, meta = load_checkpoint(args.checkpoint)
-    config = parse_shield(DEFAULT_SHIELD if args.shield == "default" else args.shield)
+    config = parse_shield(args.shield)
     _step(f"model: {meta['arch']} on {meta['dataset']} (PyTorch fp32 test accuracy {meta['test_accuracy']:.2%}); "
           f"shield: {config}")
 
     t0 = time.perf_counter()
     lat_art, acc_art = out / "host-int8-shield-b1", out / "host-int8-shield-b50"
-    shield_lat = f"filter={'+'.join(map(str, config.filters)) or 'none'}; " \
-                 f"dropout={','.join(map(str, config.dropout))}; T={','.join(map(str, args.latency_T))}"
-    compile_artifact(CompileArgs(args.checkpoint, "host", lat_art, batch=1, int8=True, shield=shield_lat))
+    compile_artifact(CompileArgs(args.checkpoint, "host", lat_art, batch=1, int8=True,
+                                 shield=replace(config, T=tuple(args.latency_T))))
     compile_artifact(CompileArgs(args.checkpoint, "host", acc_art, batch=50, int8=True,
-                                 shield=shield_lat.rsplit("T=", 1)[0] + "T=16"))
+                                 shield=replace(config, T=(16,))))
     _step(f"compiled int8 + shield for the host in {time.perf_counter() - t0:.1f} s -> {lat_art}")
 
     test = load_dataset(meta["dataset"], "test").subset(args.accuracy_images)

@@ -151,7 +151,7 @@ class _Planner:
                 return None
         return us[0]
 
-    def absorb_bias_relu(self, v, channels: int, axis_shape) -> tuple:
+    def absorb_bias_relu(self, v, channels: int) -> tuple:
         """Follow V through a bias add and a ReLU: returns (last var, bias or None, relu?)."""
         bias, relu = None, False
         b = self.single_user(v, "relax.add", const_arg=True)
@@ -168,10 +168,6 @@ class _Planner:
             v, relu = r.var, True
         return v, bias, relu
 
-    def requant_params(self, real_multiplier: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        m0, n = quantize_multiplier(real_multiplier)
-        return m0, n
-
     # ---------------------------------------------------------------- layers
     def conv2d(self, b, x, w):
         a = b.value.attrs
@@ -180,7 +176,7 @@ class _Planner:
         qx = self.need_int8(x)
         wq, sw = quantize_weights_per_channel(w)
         cout = w.shape[0]
-        out, bias, relu = self.absorb_bias_relu(b.var, cout, None)
+        out, bias, relu = self.absorb_bias_relu(b.var, cout)
         self._anchor("conv2d", b, x, out, qx, wq, sw, bias, relu,
                      {"strides": _ints(a.strides), "padding": _ints(a.padding), "dilation": _ints(a.dilation),
                       "groups": int(a.groups)}, wsum=wq.reshape(cout, -1).astype(np.int64).sum(1))
@@ -191,7 +187,7 @@ class _Planner:
             return False
         qx = self.need_int8(x)
         wq_t, sw = quantize_weights_per_channel(w.T)   # per output feature = per column of W
-        out, bias, relu = self.absorb_bias_relu(b.var, w.shape[1], None)
+        out, bias, relu = self.absorb_bias_relu(b.var, w.shape[1])
         self._anchor("dense", b, x, out, qx, np.ascontiguousarray(wq_t.T), sw, bias, relu, {},
                      wsum=wq_t.astype(np.int64).sum(1))
         return True
@@ -210,7 +206,7 @@ class _Planner:
             attrs["dequantize"] = True
         else:
             qo = self.qparams_of(out)
-            m0, n = self.requant_params(acc_scale / qo.scale)
+            m0, n = quantize_multiplier(acc_scale / qo.scale)
             attrs.update(m0=m0, n=n, q=qo, lo=qo.zero_point if relu else QMIN, hi=QMAX, dequantize=False)
             self.q[out] = qo
         self.layers.append(Layer(kind, out, [x], attrs))
