@@ -70,7 +70,7 @@ class Prepared:
 def prepare_module(args: CompileArgs) -> Prepared:
     """Import, optimize and (with --int8) quantize a checkpoint: the module that 'compile' and 'tune' both build."""
     from .importer import import_model
-    from .pipeline import optimize, quantize
+    from .pipeline import expand_monte_carlo, optimize, quantize
     from .quantization import QuantSpec
     from .quantization.check import check_quantizable
     from .shield.config import ShieldConfig, parse_shield
@@ -103,8 +103,10 @@ def prepare_module(args: CompileArgs) -> Prepared:
         if not spec.allow_fp32:
             check_quantizable(model, shape)
         mod, plan = quantize(mod, calibration_images(meta["dataset"], spec.calib_images, args.data_root), spec,
-                             progress=args.progress, t_set=config.T if config is not None else (1,))
+                             progress=args.progress)
         quantization = dict(spec.describe(), **plan.describe())
+        if config is not None:
+            mod = expand_monte_carlo(mod, config.T)
     return Prepared(mod, board, meta, shape, quantization, shield, plan, config)
 
 

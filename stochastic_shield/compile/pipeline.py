@@ -19,17 +19,24 @@ def optimize(mod: tvm.IRModule) -> tvm.IRModule:
     ])(mod)
 
 
-def quantize(mod: tvm.IRModule, calib_images, spec, progress: bool = False, t_set=(1,)):
+def quantize(mod: tvm.IRModule, calib_images, spec, progress: bool = False):
     """Post-training int8: calibrate, plan, rewrite. Returns (int8 module, plan).
 
-    With MC dropout markers in MOD, the result has one function mc_T{T} per T in T_SET.
+    MC dropout sites stay int8 dropout markers in main: see expand_monte_carlo.
     """
     from .quantization import QuantizeInt8, calibrate, make_plan
 
     ranges = calibrate(mod, calib_images, spec, progress=progress)
     plan = make_plan(mod, ranges, spec)
-    qmod = tvm.transform.Sequential([QuantizeInt8(plan, t_set), relax.transform.FoldConstant()])(mod)
+    qmod = tvm.transform.Sequential([QuantizeInt8(plan), relax.transform.FoldConstant()])(mod)
     return qmod, plan
+
+
+def expand_monte_carlo(mod: tvm.IRModule, t_set) -> tvm.IRModule:
+    """The shield's T passes: main with dropout markers becomes mc_T{T}(x, rng) per T (a no-op without markers)."""
+    from .shield.expand_mc import ExpandMonteCarlo
+
+    return ExpandMonteCarlo(t_set)(mod)
 
 
 def lower(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:

@@ -3,13 +3,15 @@
 The flow reads top to bottom like PT2E's prepare / calibrate / convert:
   spec = QuantSpec(...)                              # policy (frozen, validated)
   ranges = calibrate(mod, images, spec)              # observers on every activation
-  plan = make_plan(mod, ranges, spec)                # integer parameters, one record per layer
-  qmod = QuantizeInt8(plan)(mod)                     # the Relax rewrite: int8 between layers
-  ref = run_reference(plan, x)                       # numpy, the same integer arithmetic
+  plan = make_plan(mod, ranges, spec)                # typed int8 layers (layers.py) with their integers
+  qmod = QuantizeInt8(plan)(mod)                     # Relax backend: int8 between layers
+  ref = run_reference(plan, x)                       # numpy backend: the same integer arithmetic
+  replica = Replica(plan)                            # PyTorch backend (stochastic_shield/replica.py)
 """
 from .calibrate import calibrate
-from .plan import QuantPlan, make_plan
-from .quantize_int8 import QuantizeInt8
+from .emit_relax import QuantizeInt8
+from .layers import QuantPlan
+from .plan import make_plan
 from .reference import run_reference
 from .spec import OBSERVERS, QuantSpec
 

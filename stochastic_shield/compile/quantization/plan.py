@@ -1,77 +1,22 @@
-"""The quantization plan: the fp32 graph as a list of layers, each with its integer parameters.
+"""make_plan: the fp32 graph as a list of typed int8 layers (layers.py), each with its integer parameters.
 
-make_plan() is the analysis (which bindings form a conv/dense group, which tensors are int8, every
-scale, zero point, multiplier and shift). QuantizeInt8 emits the plan as Relax; run_reference
-executes the same plan in numpy. Both therefore use the very same integers.
+The planner walks the bindings of the imported main function once, in order, and decides every
+tensor's representation: which bindings form a conv/dense group (with its bias add and ReLU),
+which tensors are int8, every scale, zero point, multiplier and shift. The backends (Relax
+emitter, numpy reference, PyTorch replica) then execute the very same integers.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
 from tvm import relax
 
 from ...errors import ShieldError
+from ..shield.markers import marker_info, marker_input
 from .calibrate import tensor_bindings
-from ..shield.torch_dropout import marker_info
 from .fixed_point import QMAX, QMIN, choose_qparams, quantize_multiplier, quantize_weights_per_channel
-
-
-@dataclass(frozen=True)
-class QParams:
-    """Scale and zero point of an int8 activation: real = scale * (q - zero_point)."""
-
-    scale: float
-    zero_point: int
-
-
-@dataclass
-class Layer:
-    """One step of the quantized program.
-
-    kind is one of: float (an fp32 binding kept as is), quantize, dequantize, conv2d, dense,
-    maxpool, reshape, relu, add, avgpool. INPUTS and OUT are the fp32 graph's vars the layer
-    consumes and stands for; ATTRS holds shapes and integer parameters.
-    """
-
-    kind: str
-    out: relax.Var
-    inputs: list
-    attrs: dict = field(default_factory=dict)
-    binding: relax.VarBinding | None = None  # for kind == "float"
-
-    def describe(self) -> dict:
-        """JSON-ready summary for the manifest (arrays summarised)."""
-        d = {"kind": self.kind, "out": self.out.name}
-        for k, v in self.attrs.items():
-            if isinstance(v, QParams):
-                d[k] = {"scale": v.scale, "zero_point": v.zero_point}
-            elif isinstance(v, np.ndarray):
-                if v.size <= 4:
-                    d[k] = v.ravel().tolist()
-                else:
-                    d[k] = {"shape": list(v.shape), "dtype": str(v.dtype), "min": v.min().item(), "max": v.max().item()}
-            elif isinstance(v, (int, float, str, bool, list, tuple)) or v is None:
-                d[k] = list(v) if isinstance(v, tuple) else v
-        if self.binding is not None:
-            d["op"] = _op_name(self.binding.value)
-        return d
-
-
-@dataclass
-class QuantPlan:
-    """Layers in execution order, the function's input and output, and the qparams of every int8 tensor."""
-
-    params: list
-    layers: list
-    output: relax.Var
-    qparams: dict  # relax.Var -> QParams (int8 tensors only)
-    fp32_layers: list  # readable names of layers left in fp32 (allow_fp32)
-
-    def describe(self) -> dict:
-        """What the manifest records."""
-        return {"layers": [lay.describe() for lay in self.layers], "fp32_layers": self.fp32_layers}
+from .layers import (Add, AvgPool, Conv2d, Dense, Dequantize, Dropout, Filter, FloatOp, MaxPool, QParams, QuantPlan,
+                     Quantize, Relu, Requantize, Reshape)
 
 
 def _op_name(value) -> str:
@@ -90,15 +35,25 @@ def _ints(a) -> tuple[int, ...]:
     return tuple(int(x) for x in a)
 
 
+def filter_info(mod, call):
+    """The FilterSpec when CALL is a call_tir of one of the shield's input filters, else None."""
+    from ..shield.filters import FILTER_ATTR, parse_filters
+
+    if not isinstance(call, relax.Call) or _op_name(call) != "relax.call_tir":
+        return None
+    attrs = mod[call.args[0]].attrs
+    if attrs is None or FILTER_ATTR not in attrs:
+        return None
+    return parse_filters(str(attrs[FILTER_ATTR]))[0]
+
+
 class _Planner:
     """Walks the fp32 bindings once, in order, deciding each tensor's representation."""
 
     def __init__(self, mod, ranges: dict, spec):
+        self.mod, self.ranges, self.spec = mod, ranges, spec
         self.func = mod["main"]
-        self.ranges = ranges
-        self.spec = spec
         self.bindings = list(self.func.body.blocks[0].bindings)
-        self.by_var = {b.var: b for b in self.bindings}
         self.users: dict = {}
         for b in self.bindings:
             for a in getattr(b.value, "args", []):
@@ -106,14 +61,12 @@ class _Planner:
                     if isinstance(v, relax.Var):
                         self.users.setdefault(v, []).append(b)
         self.output = self.func.body.body
-        self.layers: list[Layer] = []
+        self.layers: list = []
         self.q: dict = {}          # var -> QParams for int8 tensors
-        self.float_of: dict = {}   # var -> var holding its fp32 value (after a dequantize)
+        self.float_of: set = set() # int8 vars also available in fp32 (after a dequantize)
         self.absorbed: set = set()
         self.fp32_layers: list[str] = []
         self.n_quantized = 0
-        self.n_dropout = 0
-        self.mod = mod
 
     # ---------------------------------------------------------------- helpers
     def qparams_of(self, v) -> QParams:
@@ -126,16 +79,15 @@ class _Planner:
         """Make sure V is available as int8, quantizing its fp32 value if needed."""
         if v not in self.q:
             qp = self.qparams_of(v)
-            self.layers.append(Layer("quantize", v, [v], {"q": qp}))
+            self.layers.append(Quantize(out=v, inputs=(v,), q=qp))
             self.q[v] = qp
         return self.q[v]
 
-    def need_float(self, v):
+    def need_float(self, v) -> None:
         """Make sure V is available in fp32, dequantizing an int8 value if needed."""
         if v in self.q and v not in self.float_of:
-            self.layers.append(Layer("dequantize", v, [v], {"q": self.q[v]}))
-            self.float_of[v] = v
-        return v
+            self.layers.append(Dequantize(out=v, inputs=(v,), q=self.q[v]))
+            self.float_of.add(v)
 
     def single_user(self, v, op: str, const_arg: bool | None = None):
         """The binding that is V's only user, if it is OP (for add: with a constant other operand)."""
@@ -169,7 +121,7 @@ class _Planner:
         return v, bias, relu
 
     # ---------------------------------------------------------------- layers
-    def conv2d(self, b, x, w):
+    def conv2d(self, b, x, w) -> bool:
         a = b.value.attrs
         if str(a.data_layout) != "NCHW" or str(a.kernel_layout) != "OIHW" or str(a.out_layout) != "NCHW":
             return False
@@ -177,42 +129,39 @@ class _Planner:
         wq, sw = quantize_weights_per_channel(w)
         cout = w.shape[0]
         out, bias, relu = self.absorb_bias_relu(b.var, cout)
-        self._anchor("conv2d", b, x, out, qx, wq, sw, bias, relu,
-                     {"strides": _ints(a.strides), "padding": _ints(a.padding), "dilation": _ints(a.dilation),
-                      "groups": int(a.groups)}, wsum=wq.reshape(cout, -1).astype(np.int64).sum(1))
+        fields = self._anchor(b, out, qx, sw, bias, relu, wsum=wq.reshape(cout, -1).astype(np.int64).sum(1))
+        self.layers.append(Conv2d(out=out, inputs=(x,), w=wq, strides=_ints(a.strides), padding=_ints(a.padding),
+                                  dilation=_ints(a.dilation), groups=int(a.groups), **fields))
         return True
 
-    def dense(self, b, x, w):
+    def dense(self, b, x, w) -> bool:
         if len(w.shape) != 2 or len(x.ty.shape) != 2:
             return False
         qx = self.need_int8(x)
         wq_t, sw = quantize_weights_per_channel(w.T)   # per output feature = per column of W
         out, bias, relu = self.absorb_bias_relu(b.var, w.shape[1])
-        self._anchor("dense", b, x, out, qx, np.ascontiguousarray(wq_t.T), sw, bias, relu, {},
-                     wsum=wq_t.astype(np.int64).sum(1))
+        fields = self._anchor(b, out, qx, sw, bias, relu, wsum=wq_t.astype(np.int64).sum(1))
+        self.layers.append(Dense(out=out, inputs=(x,), w=np.ascontiguousarray(wq_t.T), **fields))
         return True
 
-    def _anchor(self, kind, b, x, out, qx, wq, sw, bias, relu, attrs, wsum):
-        """Integer parameters of conv2d/dense: int32 bias with zero-point correction, requantize or dequantize."""
+    def _anchor(self, b, out, qx: QParams, sw, bias, relu: bool, wsum) -> dict:
+        """Integer fields of conv2d/dense: int32 bias with zero-point correction, requantize or dequantize."""
         acc_scale = qx.scale * sw                                   # real value of one accumulator unit, per channel
         bias_q = np.zeros(len(sw), np.int64) if bias is None else np.rint(bias / acc_scale).astype(np.int64)
         bias_q = bias_q - qx.zero_point * wsum                        # conv(x - zx, w) = conv(x, w) - zx * sum(w)
         if np.abs(bias_q).max(initial=0) >= 2 ** 31:
-            raise ShieldError(f"bias of {kind} {b.var.name} overflows int32 after quantization")
-        attrs = dict(attrs, w=wq, bias=bias_q.astype(np.int32), x=qx, relu=relu)
+            raise ShieldError(f"bias of {_op_name(b.value)} {b.var.name} overflows int32 after quantization")
+        fields = {"x": qx, "w_scale": np.asarray(sw, np.float64), "bias": bias_q.astype(np.int32), "relu": relu}
+        self.n_quantized += 1
         if out.same_as(self.output) and not relu:
             # logits: leave the int32 accumulator and dequantize it once, per channel
-            attrs["out_scale"] = acc_scale.astype(np.float32)
-            attrs["dequantize"] = True
-        else:
-            qo = self.qparams_of(out)
-            m0, n = quantize_multiplier(acc_scale / qo.scale)
-            attrs.update(m0=m0, n=n, q=qo, lo=qo.zero_point if relu else QMIN, hi=QMAX, dequantize=False)
-            self.q[out] = qo
-        self.layers.append(Layer(kind, out, [x], attrs))
-        self.n_quantized += 1
+            return dict(fields, out_scale=acc_scale.astype(np.float32))
+        qo = self.qparams_of(out)
+        m0, n = quantize_multiplier(acc_scale / qo.scale)
+        self.q[out] = qo
+        return dict(fields, requant=Requantize(m0, n, qo, lo=qo.zero_point if relu else QMIN, hi=QMAX))
 
-    def residual_add(self, b, x, y):
+    def residual_add(self, b, x, y) -> bool:
         qx, qy = self.need_int8(x), self.need_int8(y)
         out, relu = b.var, False
         r = self.single_user(out, "relax.nn.relu")
@@ -224,21 +173,20 @@ class _Planner:
         # one shift for both inputs, chosen from the larger multiplier so both m fit in 31 bits
         _, n = quantize_multiplier(np.array([max(mx, my)]))
         n = int(n[0])
-        attrs = {"x": qx, "y": qy, "q": qo, "mx": np.int64(round(mx * 2 ** n)), "my": np.int64(round(my * 2 ** n)),
-                 "n": np.int64(n), "lo": qo.zero_point if relu else QMIN, "hi": QMAX, "relu": relu}
         self.q[out] = qo
-        self.layers.append(Layer("add", out, [x, y], attrs))
+        self.layers.append(Add(out=out, inputs=(x, y), x=qx, y=qy, q=qo, mx=int(round(mx * 2 ** n)),
+                               my=int(round(my * 2 ** n)), n=n, lo=qo.zero_point if relu else QMIN, hi=QMAX,
+                               relu=relu))
         self.n_quantized += 1
-
-    def dropout(self, b, x, p: float, layer_id: int):
-        """MC dropout on int8: dropped elements become the zero point; 1/(1-p) is folded into the next layer."""
-        qx = self.need_int8(x)
-        self.q[b.var] = QParams(qx.scale / (1.0 - p), qx.zero_point)  # the kept values' real scale
-        self.layers.append(Layer("dropout", b.var, [x], {"x": qx, "p": p, "layer_id": layer_id}))
-        self.n_dropout += 1
         return True
 
-    def avgpool(self, b, x):
+    def dropout(self, b, x, p: float, layer_id: int) -> bool:
+        qx = self.need_int8(x)
+        self.q[b.var] = QParams(qx.scale / (1.0 - p), qx.zero_point)  # the kept values' real scale
+        self.layers.append(Dropout(out=b.var, inputs=(x,), x=qx, p=p, layer_id=layer_id))
+        return True
+
+    def avgpool(self, b, x) -> bool:
         a = b.value.attrs
         ndim = len(x.ty.shape)
         axes = sorted(int(i) % ndim for i in a.axis) if a.axis is not None else None
@@ -249,8 +197,25 @@ class _Planner:
         qo = self.qparams_of(b.var)
         m0, n = quantize_multiplier(np.array([qx.scale / (count * qo.scale)]))
         self.q[b.var] = qo
-        self.layers.append(Layer("avgpool", b.var, [x], {"x": qx, "q": qo, "count": count, "m0": m0, "n": n}))
+        self.layers.append(AvgPool(out=b.var, inputs=(x,), x=qx, q=qo, count=count, m0=int(m0[0]), n=int(n[0])))
         self.n_quantized += 1
+        return True
+
+    def passthrough(self, b, x, op: str) -> bool:
+        """Max pool, reshape and ReLU on int8 codes: they commute with the affine map, so qparams carry over."""
+        qx = self.q[x]
+        if op == "relax.nn.max_pool2d":
+            a = b.value.attrs
+            if str(a.layout) != "NCHW":
+                return False
+            lay = MaxPool(out=b.var, inputs=(x,), x=qx, pool_size=_ints(a.pool_size), strides=_ints(a.strides),
+                          padding=_ints(a.padding), dilation=_ints(a.dilation), ceil_mode=bool(a.ceil_mode))
+        elif op == "relax.nn.relu":
+            lay = Relu(out=b.var, inputs=(x,), x=qx)
+        else:
+            lay = Reshape(out=b.var, inputs=(x,), x=qx, shape=_ints(b.var.ty.shape))
+        self.q[b.var] = qx
+        self.layers.append(lay)
         return True
 
     # ---------------------------------------------------------------- walk
@@ -260,7 +225,7 @@ class _Planner:
                 continue
             if not self.visit(b):
                 self.keep_float(b)
-        if self.output in self.q and self.output not in self.float_of:
+        if self.output in self.q:
             self.need_float(self.output)
         if self.n_quantized == 0:
             raise ShieldError("the model has no conv2d or dense layer to quantize")
@@ -274,38 +239,31 @@ class _Planner:
         args = list(getattr(v, "args", []))
         marker = marker_info(self.mod, v)
         if marker is not None:
-            return self.dropout(b, args[1].fields[0] if isinstance(args[1], relax.Tuple) else args[1], *marker)
+            return self.dropout(b, marker_input(v), marker.p, marker.layer_id)
+        spec = filter_info(self.mod, v)
+        if spec is not None:
+            x = args[1].fields[0] if isinstance(args[1], relax.Tuple) else args[1]
+            self.need_float(x)
+            self.layers.append(Filter(out=b.var, inputs=(x,), spec=spec))
+            return True
         if op == "relax.nn.conv2d" and isinstance(args[0], relax.Var) and _is_const(args[1]):
             return self.conv2d(b, args[0], _const(args[1]))
         if op == "relax.matmul" and isinstance(args[0], relax.Var) and _is_const(args[1]):
             return self.dense(b, args[0], _const(args[1]))
         if op == "relax.add" and all(isinstance(a, relax.Var) for a in args) and any(a in self.q for a in args):
-            self.residual_add(b, args[0], args[1])
-            return True
+            return self.residual_add(b, args[0], args[1])
         x = args[0] if args and isinstance(args[0], relax.Var) else None
         if x is None or x not in self.q:
             return False  # fp32 tensors stay fp32 until a conv/dense needs them
         if op == "relax.mean":
             return self.avgpool(b, x)
         if op in ("relax.nn.max_pool2d", "relax.reshape", "relax.flatten", "relax.nn.relu"):
-            attrs = {"x": self.q[x]}
-            if op == "relax.nn.max_pool2d":
-                a = v.attrs
-                if str(a.layout) != "NCHW":
-                    return False
-                attrs.update(pool_size=_ints(a.pool_size), strides=_ints(a.strides), padding=_ints(a.padding),
-                             dilation=_ints(a.dilation), ceil_mode=bool(a.ceil_mode))
-            kind = {"relax.nn.max_pool2d": "maxpool", "relax.nn.relu": "relu"}.get(op, "reshape")
-            if kind == "reshape":
-                attrs["shape"] = _ints(b.var.ty.shape)
-            self.q[b.var] = self.q[x]  # max, ReLU and reshapes commute with the affine map: same qparams
-            self.layers.append(Layer(kind, b.var, [x], attrs))
-            return True
+            return self.passthrough(b, x, op)
         return False
 
-    def keep_float(self, b):
+    def keep_float(self, b) -> None:
         """B stays an fp32 binding; int8 inputs are dequantized first (only with allow_fp32)."""
-        vars_in = [a for a in getattr(b.value, "args", []) if isinstance(a, relax.Var)]
+        vars_in = tuple(a for a in getattr(b.value, "args", []) if isinstance(a, relax.Var))
         int8_in = [a for a in vars_in if a in self.q]
         if int8_in:
             if not self.spec.allow_fp32:
@@ -314,7 +272,7 @@ class _Planner:
             for a in int8_in:
                 self.need_float(a)
             self.fp32_layers.append(f"{_op_name(b.value)} ({b.var.name})")
-        self.layers.append(Layer("float", b.var, vars_in, binding=b))
+        self.layers.append(FloatOp(out=b.var, inputs=vars_in, binding=b))
 
 
 def make_plan(mod, ranges: dict, spec) -> QuantPlan:

@@ -1,14 +1,16 @@
-"""A numpy reference of the int8 program: the same integers as the compiled module, computed independently.
+"""The numpy backend of a plan: the same integers as the compiled module, computed independently.
 
 Integer convolutions and matmuls run in float64, which is exact here: |products| <= 127 * 128 and at
-most 2^20 terms per output keep every partial sum far below 2^53.
+most 2^20 terms per output keep every partial sum far below 2^53. With MC dropout the input rows
+are repeated T times (row b*T + t is image b, pass t) and every dropout layer applies the board's
+own Philox keep mask for the given rng (dropout.py's numpy reference).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .fixed_point import rescale
-from .plan import QuantPlan
+from .layers import LayerVisitor, QuantPlan
 
 _FLOAT_OPS = {
     "relax.subtract": np.subtract, "relax.divide": np.divide, "relax.add": np.add, "relax.multiply": np.multiply,
@@ -16,38 +18,19 @@ _FLOAT_OPS = {
 }
 
 
-def _float_layer(lay, env):
-    from tvm import relax
-
-    v = lay.binding.value
-    op = v.op.name if isinstance(v, relax.Call) else type(v).__name__
-
-    def arg(a):
-        return env[a] if isinstance(a, relax.Var) else a.value.numpy()
-
-    if op in _FLOAT_OPS:
-        return _FLOAT_OPS[op](*[arg(a) for a in v.args]).astype(np.float32)
-    if op == "relax.reshape":
-        return arg(v.args[0]).reshape([int(d) for d in lay.out.ty.shape])
-    raise NotImplementedError(f"the numpy reference has no fp32 {op}")
-
-
-def _conv2d(x, a):
-    """int8 NCHW conv with int32 accumulation (no padding here: the plan pads with the zero point)."""
-    top, left, bottom, right = a["padding"]
-    x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=a["x"].zero_point)
-    w = a["w"].astype(np.float64)
+def conv2d_int(x: np.ndarray, w: np.ndarray, strides, dilation, groups: int) -> np.ndarray:
+    """Exact int8 NCHW x OIHW convolution without padding, as int64 (im2col in float64)."""
+    w = w.astype(np.float64)
     o, cg, kh, kw = w.shape
-    sh, sw = a["strides"]
-    dh, dw = a["dilation"]
-    g = a["groups"]
+    sh, sw = strides
+    dh, dw = dilation
     n, c, h, wd = x.shape
     oh = (h - dh * (kh - 1) - 1) // sh + 1
     ow = (wd - dw * (kw - 1) - 1) // sw + 1
     xf = x.astype(np.float64)
     out = np.empty((n, o, oh, ow), np.float64)
-    per_g = o // g
-    for gi in range(g):
+    per_g = o // groups
+    for gi in range(groups):
         xs = xf[:, gi * cg:(gi + 1) * cg]
         cols = np.empty((n, oh, ow, cg, kh, kw))
         for i in range(kh):
@@ -59,59 +42,112 @@ def _conv2d(x, a):
     return out.astype(np.int64)
 
 
-def _finish(acc, a, ndim):
-    shape = [1, -1] + [1] * (ndim - 2)
-    acc = acc + a["bias"].astype(np.int64).reshape(shape)
-    if a["dequantize"]:
-        return acc.astype(np.int32).astype(np.float32) * a["out_scale"].reshape(shape)
-    y = rescale(acc, a["m0"].reshape(shape), a["n"].reshape(shape)) + a["q"].zero_point
-    return np.clip(y, a["lo"], a["hi"]).astype(np.int8)
+def _pad(x: np.ndarray, padding, value) -> np.ndarray:
+    top, left, bottom, right = padding
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
 
 
-def _maxpool(x, a):
-    if a["ceil_mode"] or any(d != 1 for d in a["dilation"]):
-        raise NotImplementedError("the numpy reference has no ceil-mode or dilated max pool")
-    top, left, bottom, right = a["padding"]
-    x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=-128)
-    win = np.lib.stride_tricks.sliding_window_view(x, a["pool_size"], axis=(2, 3))
-    return win[:, :, ::a["strides"][0], ::a["strides"][1]].max(axis=(4, 5))
+class NumpyReference(LayerVisitor):
+    """Executes a plan with numpy integer arithmetic; T > 1 or a stochastic plan needs an rng."""
 
+    def __init__(self, plan: QuantPlan, T: int = 1, rng=None):
+        if plan.stochastic and rng is None:
+            raise ValueError("a plan with MC dropout needs rng = seed_to_rng(seed, sample_offset)")
+        self.plan, self.T, self.rng = plan, int(T), rng
+        self.f32: dict = {}
+        self.i8: dict = {}
 
-def run_reference(plan: QuantPlan, x: np.ndarray) -> np.ndarray:
-    """Execute PLAN on input X with numpy integer arithmetic; returns the fp32 output."""
-    f32 = {plan.params[0]: np.asarray(x, np.float32)}
-    i8: dict = {}
-    for lay in plan.layers:
-        a, k = lay.attrs, lay.kind
-        if k == "float":
-            f32[lay.out] = _float_layer(lay, f32)
-        elif k == "quantize":
-            q = a["q"]
-            v = np.rint(f32[lay.out] / np.float32(q.scale)) + q.zero_point
-            i8[lay.out] = np.clip(v, -128, 127).astype(np.int8)
-        elif k == "dequantize":
-            q = a["q"]
-            f32[lay.out] = np.float32(q.scale) * (i8[lay.out].astype(np.float32) - np.float32(q.zero_point))
-        elif k in ("conv2d", "dense"):
-            xin = i8[lay.inputs[0]]
-            acc = _conv2d(xin, a) if k == "conv2d" else \
-                (xin.astype(np.float64) @ a["w"].astype(np.float64)).astype(np.int64)
-            out = _finish(acc, a, 4 if k == "conv2d" else 2)
-            (f32 if a["dequantize"] else i8)[lay.out] = out
-        elif k == "maxpool":
-            i8[lay.out] = _maxpool(i8[lay.inputs[0]], a)
-        elif k == "reshape":
-            i8[lay.out] = i8[lay.inputs[0]].reshape(a["shape"])
-        elif k == "relu":
-            i8[lay.out] = np.maximum(i8[lay.inputs[0]], np.int8(a["x"].zero_point))
-        elif k == "add":
-            xs, ys = (i8[v].astype(np.int64) for v in lay.inputs)
-            t = (xs - a["x"].zero_point) * a["mx"] + (ys - a["y"].zero_point) * a["my"]
-            t = ((t + (np.int64(1) << (a["n"] - 1))) >> a["n"]) + a["q"].zero_point
-            i8[lay.out] = np.clip(t, a["lo"], a["hi"]).astype(np.int8)
-        elif k == "avgpool":
-            s = i8[lay.inputs[0]].astype(np.int64).sum(axis=(2, 3), keepdims=True) - a["count"] * a["x"].zero_point
-            i8[lay.out] = np.clip(rescale(s, a["m0"][0], a["n"][0]) + a["q"].zero_point, -128, 127).astype(np.int8)
+    def run(self, x: np.ndarray) -> np.ndarray:
+        self.f32 = {self.plan.params[0]: np.repeat(np.asarray(x, np.float32), self.T, axis=0)}
+        self.i8 = {}
+        for lay in self.plan.layers:
+            self.visit(lay)
+        return self.f32[self.plan.output]
+
+    def visit_float(self, lay):
+        from tvm import relax
+
+        v = lay.binding.value
+
+        def arg(a):
+            return self.f32[a] if isinstance(a, relax.Var) else a.value.numpy()
+
+        if lay.op in _FLOAT_OPS:
+            self.f32[lay.out] = _FLOAT_OPS[lay.op](*[arg(a) for a in v.args]).astype(np.float32)
+        elif lay.op == "relax.reshape":
+            self.f32[lay.out] = arg(v.args[0]).reshape(-1, *[int(d) for d in list(lay.out.ty.shape)[1:]])
         else:
-            raise NotImplementedError(k)
-    return f32[plan.output]
+            raise NotImplementedError(f"the numpy reference has no fp32 {lay.op}")
+
+    def visit_filter(self, lay):
+        import torch
+
+        from ..shield.filters import torch_filter
+
+        self.f32[lay.out] = torch_filter(lay.spec, torch.from_numpy(self.f32[lay.inputs[0]])).numpy()
+
+    def visit_quantize(self, lay):
+        q = lay.q
+        v = np.rint(self.f32[lay.out] / np.float32(q.scale)) + q.zero_point
+        self.i8[lay.out] = np.clip(v, -128, 127).astype(np.int8)
+
+    def visit_dequantize(self, lay):
+        q = lay.q
+        self.f32[lay.out] = np.float32(q.scale) * (self.i8[lay.out].astype(np.float32) - np.float32(q.zero_point))
+
+    def _finish(self, lay, acc, ndim):
+        shape = [1, -1] + [1] * (ndim - 2)
+        acc = acc + lay.bias.astype(np.int64).reshape(shape)
+        if lay.dequantize:
+            self.f32[lay.out] = acc.astype(np.int32).astype(np.float32) * lay.out_scale.reshape(shape)
+            return
+        rq = lay.requant
+        y = rescale(acc, np.asarray(rq.m0).reshape(shape), np.asarray(rq.n).reshape(shape)) + rq.q.zero_point
+        self.i8[lay.out] = np.clip(y, rq.lo, rq.hi).astype(np.int8)
+
+    def visit_conv2d(self, lay):
+        x = _pad(self.i8[lay.inputs[0]], lay.padding, lay.x.zero_point)  # zero point: the padded value is real 0
+        self._finish(lay, conv2d_int(x, lay.w, lay.strides, lay.dilation, lay.groups), 4)
+
+    def visit_dense(self, lay):
+        x = self.i8[lay.inputs[0]]
+        self._finish(lay, (x.astype(np.float64) @ lay.w.astype(np.float64)).astype(np.int64), 2)
+
+    def visit_maxpool(self, lay):
+        if lay.ceil_mode or any(d != 1 for d in lay.dilation):
+            raise NotImplementedError("the numpy reference has no ceil-mode or dilated max pool")
+        x = _pad(self.i8[lay.inputs[0]], lay.padding, -128)  # the lowest code never wins a max
+        win = np.lib.stride_tricks.sliding_window_view(x, lay.pool_size, axis=(2, 3))
+        self.i8[lay.out] = win[:, :, ::lay.strides[0], ::lay.strides[1]].max(axis=(4, 5))
+
+    def visit_reshape(self, lay):
+        self.i8[lay.out] = self.i8[lay.inputs[0]].reshape(-1, *lay.shape[1:])
+
+    def visit_relu(self, lay):
+        self.i8[lay.out] = np.maximum(self.i8[lay.inputs[0]], np.int8(lay.x.zero_point))
+
+    def visit_add(self, lay):
+        xs, ys = (self.i8[v].astype(np.int64) for v in lay.inputs)
+        t = (xs - lay.x.zero_point) * lay.mx + (ys - lay.y.zero_point) * lay.my
+        t = ((t + (np.int64(1) << (lay.n - 1))) >> lay.n) + lay.q.zero_point
+        self.i8[lay.out] = np.clip(t, lay.lo, lay.hi).astype(np.int8)
+
+    def visit_avgpool(self, lay):
+        s = self.i8[lay.inputs[0]].astype(np.int64).sum(axis=(2, 3), keepdims=True) - lay.count * lay.x.zero_point
+        y = rescale(s, np.int64(lay.m0), np.int64(lay.n)) + lay.q.zero_point
+        self.i8[lay.out] = np.clip(y, -128, 127).astype(np.int8)
+
+    def visit_dropout(self, lay):
+        from ..shield.dropout import mc_dropout_reference
+
+        self.i8[lay.out] = mc_dropout_reference(self.i8[lay.inputs[0]], self.rng, T=self.T, p=lay.p,
+                                                layer_id=lay.layer_id, zero_point=lay.x.zero_point)
+
+
+def run_reference(plan: QuantPlan, x: np.ndarray, T: int = 1, rng=None) -> np.ndarray:
+    """Execute PLAN on input X with numpy integer arithmetic; returns the fp32 output.
+
+    With MC dropout, pass T and rng (``seed_to_rng(seed, sample_offset)``): the output has B*T rows,
+    row b*T + t being image b in pass t, exactly as the compiled ``mc_T{T}(x, rng)``.
+    """
+    return NumpyReference(plan, T, rng).run(x)

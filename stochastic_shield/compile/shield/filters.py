@@ -24,6 +24,7 @@ KINDS = ("median", "gaussian", "bits")
 MEDIAN_WINDOWS = (3, 5)
 GAUSSIAN_WINDOWS = (3, 5, 7, 9)
 BIT_DEPTHS = tuple(range(1, 9))
+FILTER_ATTR = "shield.filter"  # PrimFunc attribute naming the filter's spec (compact form)
 FORMS = "median:K (K=3|5), gaussian:SIGMA:K (K odd 3..9), bits:B (B=1..8), joined with '+', or 'none'"
 _DEFAULTS = {"k": 3, "sigma": 1.0, "bits": 4}
 _PARAMS = {"median": ("k",), "gaussian": ("sigma", "k"), "bits": ("bits",)}
@@ -159,7 +160,8 @@ def filter_primfunc(spec: FilterSpec, shape) -> tirx.PrimFunc:
         out = _median(_reflect_pad(x, spec.radius), shape, spec.k)
     # int64 indices, like the kernels Relax legalizes its own operators to; the caller names the function.
     func = te.create_prim_func([x, out], "int64").without_attr("global_symbol")
-    return _schedule_median(func) if spec.kind == "median" else func
+    func = _schedule_median(func) if spec.kind == "median" else func
+    return func.with_attr(FILTER_ATTR, str(spec))  # so passes can tell a filter kernel and its spec
 
 
 def _check_shape(spec: FilterSpec, shape) -> tuple[int, ...]:

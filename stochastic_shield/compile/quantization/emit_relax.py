@@ -1,0 +1,170 @@
+"""The Relax backend of a plan: RelaxEmitter emits each layer as int8 Relax, QuantizeInt8 is the pass.
+
+Between the input quantize and the logits' dequantize every tensor is int8 (int32 inside a
+conv/dense accumulator, int64 inside a requantize): no float fake-quantization is left. MC dropout
+layers stay int8 dropout markers; ExpandMonteCarlo (compile/shield/expand_mc.py) turns them into
+the T-pass functions afterwards, so quantization knows nothing of T.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from ..shield.filters import apply_filters
+from ..shield.markers import MarkerInfo, emit_marker
+from .layers import LayerVisitor, QuantPlan, Requantize
+
+
+def _c(value, dtype):
+    return relax.const(np.asarray(value, dtype=dtype), dtype)
+
+
+def _chan(a: np.ndarray, ndim: int, dtype: str):
+    """A per-channel constant shaped to broadcast over axis 1 of an NDIM tensor."""
+    return _c(np.asarray(a).reshape([1, -1] + [1] * (ndim - 2)), dtype)
+
+
+def requantize(bb, acc, rq: Requantize, ndim: int):
+    """int32 accumulator -> int8: ((acc * m0 + 2^(n-1)) >> n) + zero_point, clamped to [lo, hi]."""
+    per_channel = np.asarray(rq.m0).size > 1
+
+    def shape(a, t):
+        return _chan(a, ndim, t) if per_channel else _c(np.asarray(a).reshape(()), t)
+
+    n = np.asarray(rq.n, np.int64)
+    t = bb.emit(relax.op.astype(acc, "int64"))
+    t = bb.emit(relax.op.multiply(t, shape(np.asarray(rq.m0, np.int64), "int64")))
+    t = bb.emit(relax.op.add(t, shape(np.left_shift(np.int64(1), n - 1), "int64")))
+    t = bb.emit(relax.op.right_shift(t, shape(n, "int64")))
+    t = bb.emit(relax.op.add(t, _c(rq.q.zero_point, "int64")))
+    return clamp_to_int8(bb, t, rq.lo, rq.hi)
+
+
+def clamp_to_int8(bb, t, lo: int, hi: int):
+    """Clamp an int64 tensor to [lo, hi] (ReLU folded in as lo = zero point) and narrow it to int8."""
+    t = bb.emit(relax.op.minimum(relax.op.maximum(t, _c(lo, "int64")), _c(hi, "int64")))
+    return bb.emit(relax.op.astype(t, "int8"))
+
+
+class RelaxEmitter(LayerVisitor):
+    """Emits the layers of a plan, one at a time, into a BlockBuilder inside a dataflow block."""
+
+    def __init__(self, bb: relax.BlockBuilder):
+        self.bb = bb
+        self.f32: dict = {}   # fp32 graph var -> emitted fp32 expression
+        self.i8: dict = {}    # fp32 graph var -> emitted int8 expression
+
+    def remap(self, e):
+        """E with the fp32 graph's vars replaced by their emitted fp32 values."""
+        if isinstance(e, relax.Var) and e in self.f32:
+            return self.f32[e]
+        if isinstance(e, relax.Tuple):
+            return relax.Tuple([self.remap(f) for f in e.fields])
+        return e
+
+    def visit_float(self, lay):
+        v = lay.binding.value
+        if isinstance(v, relax.Call):
+            v = relax.Call(v.op, [self.remap(a) for a in v.args], v.attrs, v.ty_args)
+        elif isinstance(v, relax.TupleGetItem):
+            v = relax.TupleGetItem(self.remap(v.tuple_value), v.index)
+        else:
+            v = self.remap(v)
+        self.f32[lay.out] = self.bb.emit(v, name_hint=lay.out.name)
+
+    def visit_filter(self, lay):
+        self.f32[lay.out] = apply_filters(self.bb, self.f32[lay.inputs[0]], [lay.spec])
+
+    def visit_quantize(self, lay):
+        q = lay.q
+        self.i8[lay.out] = self.bb.emit(relax.op.quantize(self.f32[lay.out], _c(q.scale, "float32"),
+                                                          _c(q.zero_point, "int8"), axis=1, out_dtype="int8"))
+
+    def visit_dequantize(self, lay):
+        q = lay.q
+        self.f32[lay.out] = self.bb.emit(relax.op.dequantize(self.i8[lay.out], _c(q.scale, "float32"),
+                                                             _c(q.zero_point, "int8"), axis=1, out_dtype="float32"))
+
+    def _finish_anchor(self, lay, acc, ndim):
+        bias = _chan(lay.bias, ndim, "int32") if ndim == 4 else _c(lay.bias.reshape(1, -1), "int32")
+        acc = self.bb.emit(relax.op.add(acc, bias))
+        if lay.dequantize:
+            scale = lay.out_scale.reshape([1, -1] + [1] * (ndim - 2))
+            f = self.bb.emit(relax.op.astype(acc, "float32"))
+            self.f32[lay.out] = self.bb.emit(relax.op.multiply(f, _c(scale, "float32")))
+        else:
+            self.i8[lay.out] = requantize(self.bb, acc, lay.requant, ndim)
+
+    def visit_conv2d(self, lay):
+        x = self.i8[lay.inputs[0]]
+        top, left, bottom, right = lay.padding
+        if any(lay.padding):  # pad with the zero point: the padded value is real 0, as in fp32
+            x = self.bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right],
+                                             pad_value=float(lay.x.zero_point)))
+        acc = self.bb.emit(relax.op.nn.conv2d(x, _c(lay.w, "int8"), strides=lay.strides, padding=0,
+                                              dilation=lay.dilation, groups=lay.groups, out_dtype="int32"))
+        self._finish_anchor(lay, acc, 4)
+
+    def visit_dense(self, lay):
+        acc = self.bb.emit(relax.op.matmul(self.i8[lay.inputs[0]], _c(lay.w, "int8"), out_dtype="int32"))
+        self._finish_anchor(lay, acc, 2)
+
+    def visit_maxpool(self, lay):
+        self.i8[lay.out] = self.bb.emit(relax.op.nn.max_pool2d(
+            self.i8[lay.inputs[0]], lay.pool_size, lay.strides, lay.padding, lay.dilation, lay.ceil_mode))
+
+    def visit_reshape(self, lay):
+        self.i8[lay.out] = self.bb.emit(relax.op.reshape(self.i8[lay.inputs[0]], lay.shape))
+
+    def visit_relu(self, lay):
+        self.i8[lay.out] = self.bb.emit(relax.op.maximum(self.i8[lay.inputs[0]], _c(lay.x.zero_point, "int8")))
+
+    def visit_add(self, lay):
+        x, y = (self.bb.emit(relax.op.astype(self.i8[v], "int64")) for v in lay.inputs)
+        tx = self.bb.emit(relax.op.multiply(self.bb.emit(relax.op.subtract(x, _c(lay.x.zero_point, "int64"))),
+                                            _c(lay.mx, "int64")))
+        ty = self.bb.emit(relax.op.multiply(self.bb.emit(relax.op.subtract(y, _c(lay.y.zero_point, "int64"))),
+                                            _c(lay.my, "int64")))
+        t = self.bb.emit(relax.op.add(tx, ty))
+        t = self.bb.emit(relax.op.add(t, _c(np.int64(1) << (lay.n - 1), "int64")))
+        t = self.bb.emit(relax.op.right_shift(t, _c(lay.n, "int64")))
+        t = self.bb.emit(relax.op.add(t, _c(lay.q.zero_point, "int64")))
+        self.i8[lay.out] = clamp_to_int8(self.bb, t, lay.lo, lay.hi)
+
+    def visit_avgpool(self, lay):
+        x = self.bb.emit(relax.op.astype(self.i8[lay.inputs[0]], "int32"))
+        s = self.bb.emit(relax.op.sum(x, axis=[2, 3], keepdims=True))
+        s = self.bb.emit(relax.op.subtract(s, _c(lay.count * lay.x.zero_point, "int32")))
+        self.i8[lay.out] = requantize(self.bb, s, Requantize(np.array([lay.m0]), np.array([lay.n]), lay.q), 4)
+
+    def visit_dropout(self, lay):
+        self.i8[lay.out] = emit_marker(self.bb, self.i8[lay.inputs[0]],
+                                       MarkerInfo(lay.p, lay.layer_id, lay.x.zero_point))
+
+
+@tvm.transform.module_pass(opt_level=0, name="QuantizeInt8")
+class QuantizeInt8:
+    """Replace main by the int8 program of PLAN (built from this very module by make_plan).
+
+    MC dropout sites become int8 dropout markers (see ExpandMonteCarlo); the float markers and
+    any other function main no longer calls are dropped.
+    """
+
+    def __init__(self, plan: QuantPlan):
+        self.plan = plan
+
+    def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
+        plan = self.plan
+        # kernels the graph calls (filters) stay; the fp32 main is replaced
+        bb = relax.BlockBuilder(tvm.IRModule({g: f for g, f in mod.functions.items() if g.name_hint != "main"}))
+        fresh = [relax.Var(p.name, p.ty) for p in plan.params]  # a Var may be defined in one function only
+        em = RelaxEmitter(bb)
+        with bb.function("main", fresh):
+            with bb.dataflow():
+                em.f32.update(zip(plan.params, fresh))
+                for lay in plan.layers:
+                    em.visit(lay)
+                gv = bb.emit_output(em.remap(plan.output))
+            bb.emit_func_output(gv)
+        return relax.transform.DeadCodeElimination(["main"])(bb.get())

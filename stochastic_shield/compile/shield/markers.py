@@ -1,0 +1,59 @@
+"""Dropout markers: identity kernels that say where MC dropout goes, until ExpandMonteCarlo replaces them.
+
+The importer turns each ``shield::mc_dropout`` of the exported model into a float32 marker;
+quantization keeps the site as an int8 marker (with the zero point a dropped element takes);
+``ExpandMonteCarlo`` turns every marker into the Philox dropout kernel of one T. A marker is a
+``call_tir`` of an identity PrimFunc whose attributes carry p, the layer id and the zero point.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import relax, te
+
+MARKER_PREFIX = "shield_dropout_marker"
+_P, _LAYER, _ZP = "shield.dropout_p", "shield.dropout_layer", "shield.dropout_zero_point"
+
+
+@dataclass(frozen=True)
+class MarkerInfo:
+    """What a dropout marker carries."""
+
+    p: float
+    layer_id: int
+    zero_point: int = 0
+
+
+def marker_primfunc(shape, dtype: str, info: MarkerInfo):
+    """An identity kernel of DTYPE[SHAPE] carrying INFO in its attributes."""
+    x = te.placeholder(shape, dtype, name="x")
+    y = te.compute(shape, lambda *i: x[i], name="y")
+    f = te.create_prim_func([x, y])
+    return f.with_attrs({_P: float(info.p), _LAYER: int(info.layer_id), _ZP: int(info.zero_point)})
+
+
+def emit_marker(bb: relax.BlockBuilder, x: relax.Expr, info: MarkerInfo) -> relax.Expr:
+    """Emit a dropout marker on X (float32 or int8, static shape) into the function BB is building."""
+    ty = bb.normalize(x).ty
+    shape = [int(d) for d in ty.shape]
+    suffix = "" if ty.dtype == "float32" else f"_{ty.dtype}"
+    gvar = bb.add_func(marker_primfunc(shape, ty.dtype, info).without_attr("global_symbol"),
+                       f"{MARKER_PREFIX}_l{info.layer_id}{suffix}")
+    return bb.emit(relax.call_tir(gvar, [x], out_ty=relax.TensorType(shape, ty.dtype)))
+
+
+def marker_info(mod, call) -> MarkerInfo | None:
+    """What CALL's marker carries when CALL is a dropout marker of MOD, else None."""
+    if not isinstance(call, relax.Call) or getattr(call.op, "name", "") != "relax.call_tir":
+        return None
+    gvar = call.args[0]
+    if not gvar.name_hint.startswith(MARKER_PREFIX):
+        return None
+    attrs = mod[gvar].attrs
+    return MarkerInfo(float(attrs[_P]), int(attrs[_LAYER]), int(attrs[_ZP]) if _ZP in attrs else 0)
+
+
+def marker_input(call) -> relax.Expr:
+    """The tensor a marker's call_tir reads."""
+    args = call.args[1]
+    return args.fields[0] if isinstance(args, relax.Tuple) else args

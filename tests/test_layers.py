@@ -1,0 +1,146 @@
+"""Every layer kind of the int8 plan: the three backends (compiled Relax, numpy reference, PyTorch replica) agree.
+
+Each case is a tiny model built to exercise one kind, quantized with real calibration images.
+The compiled module must equal the numpy reference bit for bit. The replica computes in float
+with fake quantization, so where float rounding lands on the other side of a rounding boundary
+an int8 value may differ by one step: it must be within one output quantization step of the
+reference everywhere (the models have a single requantizing layer after the one under test),
+and equal on at least 99% of the values.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from torch import nn
+from tvm import relax
+
+from stochastic_shield.compile.importer import import_model
+from stochastic_shield.compile.pipeline import build, expand_monte_carlo, optimize, quantize
+from stochastic_shield.compile.quantization import QuantSpec, run_reference
+from stochastic_shield.compile.quantization.layers import LAYER_KINDS, LayerVisitor
+from stochastic_shield.compile.shield.dropout import seed_to_rng
+from stochastic_shield.compile.shield.filters import parse_filters
+from stochastic_shield.compile.shield.insert_filter import InsertInputFilter
+from stochastic_shield.compile.shield.torch_dropout import CUSTOM_CONVERT_MAP, MCDropout
+from stochastic_shield.data import load_fashion_mnist
+from stochastic_shield.replica import Replica
+
+HOST = tvm.target.Target({"kind": "llvm"})
+SHAPE = (4, 1, 28, 28)
+T, SEED = 4, 7
+
+
+class _Net(nn.Module):
+    """(x - 0.3) / 0.35, then BODY: every model starts with a float normalisation like the real ones."""
+
+    def __init__(self, *body):
+        super().__init__()
+        self.body = nn.Sequential(*body)
+
+    def forward(self, x):
+        return self.body((x - 0.3) / 0.35)
+
+
+class _Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
+        self.b = nn.Conv2d(1, 4, 1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        x = (x - 0.3) / 0.35
+        return self.relu(self.a(x) + self.b(x))
+
+
+def _conv(cin=1, cout=4, **kw):
+    return nn.Conv2d(cin, cout, 3, padding=1, **kw)
+
+
+# name -> (model factory, input filter chain, layer kinds the plan must contain)
+CASES = {
+    "conv2d_padded": (lambda: _Net(_conv(), nn.ReLU()), "", {"float", "quantize", "conv2d", "dequantize"}),
+    "conv2d_grouped": (lambda: _Net(_conv(1, 4), nn.ReLU(), _conv(4, 6, groups=2)), "", {"conv2d"}),
+    "conv2d_depthwise": (lambda: _Net(_conv(1, 4), nn.ReLU(), _conv(4, 4, groups=4, stride=2)), "", {"conv2d"}),
+    "dense_logits": (lambda: _Net(nn.Flatten(), nn.Linear(784, 10)), "", {"dense"}),
+    "dense_relu": (lambda: _Net(nn.Flatten(), nn.Linear(784, 16), nn.ReLU()), "", {"dense"}),
+    # no ReLU before the pool: negative values, so padding with real 0 instead of the lowest code shows
+    "maxpool_padded": (lambda: _Net(_conv(), nn.MaxPool2d(3, 2, padding=1)), "", {"maxpool"}),
+    "relu_standalone": (lambda: _Net(_conv(), nn.MaxPool2d(2), nn.ReLU()), "", {"maxpool", "relu"}),
+    "add_residual": (_Residual, "", {"add"}),
+    "avgpool_global": (lambda: _Net(_conv(), nn.ReLU(), nn.AdaptiveAvgPool2d(1)), "", {"avgpool"}),
+    "filter_bits": (lambda: _Net(_conv(), nn.ReLU()), "bits:3", {"filter"}),
+    "filter_median": (lambda: _Net(_conv(), nn.ReLU()), "median:3", {"filter"}),
+    "dropout": (lambda: _Net(_conv(), nn.ReLU(), nn.Flatten(), MCDropout(0.3, 0), nn.Linear(3136, 10)), "",
+                {"reshape", "dropout"}),
+}
+
+
+@pytest.fixture(scope="module")
+def images(fashion_root):
+    calib = load_fashion_mnist("train", fashion_root).as_float(0, 128)
+    test = load_fashion_mnist("test", fashion_root).as_float(0, SHAPE[0])
+    return calib, test
+
+
+def _three_backends(name, images):
+    """(compiled, reference, replica, plan, kinds) outputs of case NAME on the test images."""
+    make, chain, _ = CASES[name]
+    torch.manual_seed(0)
+    model = make().eval()
+    calib, x = images
+    mod = import_model(model, SHAPE, CUSTOM_CONVERT_MAP)
+    mod = optimize(InsertInputFilter(parse_filters(chain))(mod))
+    qmod, plan = quantize(mod, calib, QuantSpec(calib_images=len(calib)))
+    vm = relax.VirtualMachine(build(expand_monte_carlo(qmod, (T,)), HOST), tvm.cpu())
+    rep = Replica(plan)
+    if plan.stochastic:
+        rng = seed_to_rng(SEED)
+        compiled = vm[f"mc_T{T}"](tvm.runtime.tensor(x), tvm.runtime.tensor(rng)).numpy()
+        reference = run_reference(plan, x, T=T, rng=rng)
+        rep.seed = SEED
+        replica = rep(torch.from_numpy(x), T=T).detach().numpy().reshape(compiled.shape)
+    else:
+        compiled = vm["main"](tvm.runtime.tensor(x)).numpy()
+        reference = run_reference(plan, x)
+        replica = rep(torch.from_numpy(x)).detach().numpy().reshape(compiled.shape)
+    return compiled, reference, replica, plan
+
+
+def _output_step(plan) -> float:
+    """One quantization step of the output: its int8 scale, or (logits) 1e-5 of their magnitude."""
+    q = plan.qparams.get(plan.output)
+    return q.scale if q is not None else 0.0
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_compiled_reference_and_replica_agree(name, images):
+    compiled, reference, replica, plan = _three_backends(name, images)
+    kinds = {lay.kind for lay in plan.layers}
+    assert CASES[name][2] <= kinds, kinds
+    np.testing.assert_array_equal(compiled, reference)
+    step = _output_step(plan)
+    tol = step * 1.001 + 1e-5 * max(1.0, float(np.abs(reference).max()))
+    diff = np.abs(replica - reference)
+    assert diff.max() <= tol, (diff.max(), step)
+    assert (diff <= 1e-5 * max(1.0, float(np.abs(reference).max()))).mean() >= 0.99
+
+
+def test_every_layer_kind_is_covered_by_a_case():
+    covered = set().union(*(kinds for _, _, kinds in CASES.values()))
+    assert {k.kind for k in LAYER_KINDS} <= covered
+
+
+def test_a_backend_missing_a_kind_fails_when_defined():
+    methods = {f"visit_{k.kind}": (lambda self, lay: None) for k in LAYER_KINDS if k.kind != "add"}
+    with pytest.raises(TypeError, match="does not handle the layer kind.*add"):
+        type("Incomplete", (LayerVisitor,), methods)
+    type("Complete", (LayerVisitor,), dict(methods, visit_add=lambda self, lay: None))  # no error
+
+
+def test_stochastic_plan_without_rng_is_refused(images):
+    *_, plan = _three_backends("dropout", images)
+    with pytest.raises(ValueError, match="needs rng"):
+        run_reference(plan, images[1])
