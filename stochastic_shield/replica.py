@@ -144,7 +144,33 @@ class Replica(torch.nn.Module, LayerVisitor):
         self._env[lay.out] = _fake_quant(s, lay.q, lay.lo, lay.hi)
 
     def visit_avgpool(self, lay):
-        self._env[lay.out] = _fake_quant(self._env[lay.inputs[0]].mean(dim=(2, 3), keepdim=True), lay.q)
+        top, left, bottom, right = lay.padding
+        x = F.pad(self._env[lay.inputs[0]], (left, right, top, bottom))  # real 0 == the zero point
+        kh, kw = lay.pool_size
+        s = F.avg_pool2d(x, lay.pool_size, lay.strides) * (kh * kw)     # window sums
+        self._env[lay.out] = _fake_quant(s / _t(lay.count, (1, 1, *lay.count.shape)), lay.q)
+
+    def visit_lut(self, lay):
+        x = self._env[lay.inputs[0]]
+        codes = torch.round(x.detach() / lay.x.scale) + lay.x.zero_point + 128
+        idx = codes.clamp(0, 255).long()
+        table = torch.from_numpy(lay.table.astype(np.int64))
+        if lay.per_channel:
+            shape = [1, -1] + [1] * (x.dim() - 2)
+            out = table[torch.arange(table.shape[0]).view(shape), idx]
+        else:
+            out = table[idx]
+        exact = (out.to(torch.float32) - lay.q.zero_point) * lay.q.scale
+        f = lay.program.run(x, "torch")  # the board's table forward, f's gradient backward
+        self._env[lay.out] = f + (exact - f).detach()
+
+    def visit_mul(self, lay):
+        self._env[lay.out] = _fake_quant(self._env[lay.inputs[0]] * self._env[lay.inputs[1]], lay.q, lay.lo, lay.hi)
+
+    def visit_concat(self, lay):
+        parts = [x if rs is None else _fake_quant(x, lay.q)
+                 for x, rs in zip((self._env[v] for v in lay.inputs), lay.rescale)]
+        self._env[lay.out] = torch.cat(parts, dim=lay.axis)
 
     def visit_dropout(self, lay):
         x = self._env[lay.inputs[0]]

@@ -59,6 +59,30 @@ def _conv(cin=1, cout=4, **kw):
     return nn.Conv2d(cin, cout, 3, padding=1, **kw)
 
 
+class _SqueezeExcite(nn.Module):
+    """MobileNetV3's block: hardswish, then x * hardsigmoid(fc(relu(fc(mean(x)))))."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Sequential(_conv(1, 8), nn.Hardswish())
+        self.fc1, self.fc2 = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+
+    def forward(self, x):
+        x = self.conv((x - 0.3) / 0.35)
+        gate = nn.functional.hardsigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+        return x * gate
+
+
+class _Concat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Sequential(_conv(1, 4), nn.ReLU()), _conv(1, 3)
+
+    def forward(self, x):
+        x = (x - 0.3) / 0.35
+        return torch.cat([self.a(x), self.b(x)], 1)
+
+
 # name -> (model factory, input filter chain, layer kinds the plan must contain)
 CASES = {
     "conv2d_padded": (lambda: _Net(_conv(), nn.ReLU()), "", {"float", "quantize", "conv2d", "dequantize"}),
@@ -73,6 +97,15 @@ CASES = {
     "avgpool_global": (lambda: _Net(_conv(), nn.ReLU(), nn.AdaptiveAvgPool2d(1)), "", {"avgpool"}),
     "filter_bits": (lambda: _Net(_conv(), nn.ReLU()), "bits:3", {"filter"}),
     "filter_median": (lambda: _Net(_conv(), nn.ReLU()), "median:3", {"filter"}),
+    "relu6_clamp": (lambda: _Net(_conv(), nn.ReLU6(), _conv(4, 4), nn.Hardtanh(-0.5, 0.5)), "", {"conv2d"}),
+    "lut_sigmoid": (lambda: _Net(_conv(), nn.Sigmoid()), "", {"lut"}),
+    "lut_batchnorm_per_channel": (lambda: _Net(_conv(), nn.ReLU(), nn.MaxPool2d(2), nn.BatchNorm2d(4), nn.Tanh()),
+                                  "", {"lut"}),
+    "mul_squeeze_excite": (_SqueezeExcite, "", {"lut", "avgpool", "mul"}),
+    "concat": (_Concat, "", {"concat"}),
+    "avgpool_window": (lambda: _Net(_conv(), nn.ReLU(), nn.AvgPool2d(3, 2, padding=1, count_include_pad=False)), "",
+                       {"avgpool"}),
+    "avgpool_adaptive": (lambda: _Net(_conv(), nn.ReLU(), nn.AdaptiveAvgPool2d(7)), "", {"avgpool"}),
     "dropout": (lambda: _Net(_conv(), nn.ReLU(), nn.Flatten(), MCDropout(0.3, 0), nn.Linear(3136, 10)), "",
                 {"reshape", "dropout"}),
 }
@@ -90,6 +123,12 @@ def _three_backends(name, images):
     make, chain, _ = CASES[name]
     torch.manual_seed(0)
     model = make().eval()
+    with torch.no_grad():  # batch norms with statistics as after training
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(-1.5, 1.5)
     calib, x = images
     mod = import_model(model, SHAPE, CUSTOM_CONVERT_MAP)
     mod = optimize(InsertInputFilter(parse_filters(chain))(mod))

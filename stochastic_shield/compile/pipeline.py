@@ -13,6 +13,7 @@ def optimize(mod: tvm.IRModule) -> tvm.IRModule:
         relax.transform.CanonicalizeBindings(),  # max_pool's (values, indices)[0] -> values
         relax.transform.DeadCodeElimination(),   # drops the unused max-pool index tensors
         FoldBatchnormToConv2D(),                 # inference batch norm becomes conv weight and bias
+        relax.transform.DecomposeOpsForInference(),  # a batch norm no conv absorbs: per-channel arithmetic
         relax.transform.FoldConstant(),          # folds weight transposes, bias reshapes, BN arithmetic
         relax.transform.CanonicalizeBindings(),
         relax.transform.DeadCodeElimination(),

@@ -9,12 +9,19 @@ from ...errors import ShieldError
 from ..importer import _layer_of
 
 _ANCHORS = {"aten.convolution.default", "aten.addmm.default", "aten.mm.default", "aten.linear.default"}
-# Operators with an int8 form once their input is int8 (batch norm is folded into the conv before).
+# Operators with an int8 form once their input is int8 (batch norm after a conv is folded into it; other
+# elementwise ops of one int8 tensor become lookup tables, see elementwise.py).
 _INT8_OPS = _ANCHORS | {
     "aten.relu.default", "aten.max_pool2d_with_indices.default", "aten.max_pool2d.default",
     "aten.view.default", "aten.reshape.default", "aten._unsafe_view.default", "aten.flatten.using_ints",
-    "aten.add.Tensor", "aten.mean.dim", "aten._native_batch_norm_legit_no_training.default",
-    "aten.clone.default", "aten.alias.default", "aten.dropout.default", "aten.permute.default", "aten.t.default",
+    "aten.add.Tensor", "aten.sub.Tensor", "aten.mul.Tensor", "aten.div.Tensor", "aten.mean.dim",
+    "aten._native_batch_norm_legit_no_training.default", "aten.clone.default", "aten.alias.default",
+    "aten.dropout.default", "aten.permute.default", "aten.t.default", "aten.cat.default",
+    "aten.avg_pool2d.default", "aten._adaptive_avg_pool2d.default", "aten.adaptive_avg_pool2d.default",
+    "aten.hardtanh.default", "aten.clamp.default", "aten.clamp_min.default", "aten.clamp_max.default",
+    "aten.relu6.default", "aten.sigmoid.default", "aten.tanh.default", "aten.hardswish.default",
+    "aten.hardsigmoid.default", "aten.silu.default", "aten.leaky_relu.default", "aten.maximum.default",
+    "aten.minimum.default",
     "shield.mc_dropout.default",  # MC dropout runs on int8 (dropped elements become the zero point)
 }
 

@@ -133,10 +133,57 @@ class RelaxEmitter(LayerVisitor):
         self.i8[lay.out] = clamp_to_int8(self.bb, t, lay.lo, lay.hi)
 
     def visit_avgpool(self, lay):
-        x = self.bb.emit(relax.op.astype(self.i8[lay.inputs[0]], "int32"))
-        s = self.bb.emit(relax.op.sum(x, axis=[2, 3], keepdims=True))
-        s = self.bb.emit(relax.op.subtract(s, _c(lay.count * lay.x.zero_point, "int32")))
-        self.i8[lay.out] = requantize(self.bb, s, Requantize(np.array([lay.m0]), np.array([lay.n]), lay.q), 4)
+        x = self.i8[lay.inputs[0]]
+        if lay.is_global:
+            s = self.bb.emit(relax.op.sum(self.bb.emit(relax.op.astype(x, "int32")), axis=[2, 3], keepdims=True))
+        else:  # window sums as a depthwise conv with weights 1: exact in int32
+            top, left, bottom, right = lay.padding
+            if any(lay.padding):  # pad with the zero point: padded elements are real 0
+                x = self.bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right],
+                                                 pad_value=float(lay.x.zero_point)))
+            c = int(x.ty.shape[1])
+            ones = np.ones((c, 1, *lay.pool_size), np.int8)
+            s = self.bb.emit(relax.op.nn.conv2d(x, _c(ones, "int8"), strides=lay.strides, groups=c,
+                                                out_dtype="int32"))
+        kh, kw = lay.pool_size
+        s = self.bb.emit(relax.op.subtract(s, _c(kh * kw * lay.x.zero_point, "int32")))
+        pos = (1, 1, *lay.count.shape)  # one multiplier per output position
+        t = self.bb.emit(relax.op.astype(s, "int64"))
+        t = self.bb.emit(relax.op.multiply(t, _c(lay.m0.reshape(pos), "int64")))
+        t = self.bb.emit(relax.op.add(t, _c((np.int64(1) << (lay.n - 1)).reshape(pos), "int64")))
+        t = self.bb.emit(relax.op.right_shift(t, _c(lay.n.reshape(pos), "int64")))
+        t = self.bb.emit(relax.op.add(t, _c(lay.q.zero_point, "int64")))
+        self.i8[lay.out] = clamp_to_int8(self.bb, t, -128, 127)
+
+    def visit_lut(self, lay):
+        x = self.i8[lay.inputs[0]]
+        idx = self.bb.emit(relax.op.add(relax.op.astype(x, "int32"), _c(128, "int32")))
+        if lay.per_channel:  # row c of the table starts at c * 256
+            ndim = len(x.ty.shape)
+            offsets = np.arange(lay.table.shape[0], dtype=np.int32) * 256
+            idx = self.bb.emit(relax.op.add(idx, _chan(offsets, ndim, "int32")))
+        self.i8[lay.out] = self.bb.emit(relax.op.take(_c(lay.table.reshape(-1), "int8"), idx, axis=0))
+
+    def visit_mul(self, lay):
+        x, y = (self.bb.emit(relax.op.astype(self.i8[v], "int32")) for v in lay.inputs)
+        x = self.bb.emit(relax.op.subtract(x, _c(lay.x.zero_point, "int32")))
+        y = self.bb.emit(relax.op.subtract(y, _c(lay.y.zero_point, "int32")))
+        prod = self.bb.emit(relax.op.multiply(x, y))  # |(x - zx)(y - zy)| <= 255^2: exact in int32
+        rq = Requantize(np.array([lay.m0]), np.array([lay.n]), lay.q, lay.lo, lay.hi)
+        self.i8[lay.out] = requantize(self.bb, prod, rq, len(lay.out.ty.shape))
+
+    def visit_concat(self, lay):
+        parts = []
+        for v, qx, rs in zip(lay.inputs, lay.xs, lay.rescale):
+            x = self.i8[v]
+            if rs is not None:
+                m0, n = rs
+                t = self.bb.emit(relax.op.astype(x, "int64"))
+                t = self.bb.emit(relax.op.subtract(t, _c(qx.zero_point, "int64")))
+                rq = Requantize(np.array([m0]), np.array([n]), lay.q)
+                x = requantize(self.bb, t, rq, len(v.ty.shape))
+            parts.append(x)
+        self.i8[lay.out] = self.bb.emit(relax.op.concat(parts, axis=lay.axis))
 
     def visit_dropout(self, lay):
         self.i8[lay.out] = emit_marker(self.bb, self.i8[lay.inputs[0]],

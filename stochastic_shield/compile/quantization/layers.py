@@ -66,6 +66,8 @@ class Layer:
                 continue
             if isinstance(value, (QParams, Requantize)) or hasattr(value, "describe"):
                 d[name] = value.describe()
+            elif isinstance(value, tuple) and value and all(isinstance(v, QParams) for v in value):
+                d[name] = [v.describe() for v in value]
             elif isinstance(value, np.ndarray):
                 d[name] = _summary(value)
             elif isinstance(value, (int, float, str, bool, tuple, list)) or value is None:
@@ -226,14 +228,79 @@ class Add(Layer):
 
 @dataclass(frozen=True, eq=False, kw_only=True)
 class AvgPool(Layer):
-    """Global average pool over H and W (keepdims): int32 sum, minus count * zero point, requantized."""
+    """Average pool (global, windowed or adaptive with equal bins) on int8 codes.
+
+    The window sums of (q - x.zero_point) are exact int32; each output position (oh, ow) divides
+    by its own element count (COUNT: count_include_pad=False makes border windows smaller),
+    folded into a fixed-point multiplier x.scale / (count * q.scale) = m0 * 2^-n per position.
+    Padding reads the zero point (real 0).
+    """
 
     kind: ClassVar[str] = "avgpool"
     x: QParams
     q: QParams
-    count: int
+    pool_size: tuple
+    strides: tuple
+    padding: tuple = (0, 0, 0, 0)    # top, left, bottom, right
+    count: np.ndarray                # int64 (oh, ow)
+    m0: np.ndarray                   # int64 (oh, ow)
+    n: np.ndarray                    # int64 (oh, ow)
+
+    @property
+    def is_global(self) -> bool:
+        return self.count.size == 1 and not any(self.padding)
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Lut(Layer):
+    """An elementwise function f of one int8 tensor as a lookup table over its 256 codes.
+
+    TABLE is (256,) or, when f varies by channel (axis 1), (C, 256); entry [c, q + 128] is the
+    output code. PROGRAM is f itself (elementwise.py), for the replica's gradient.
+    """
+
+    kind: ClassVar[str] = "lut"
+    x: QParams
+    q: QParams
+    table: np.ndarray                # int8
+    program: object                  # elementwise.Program
+
+    @property
+    def per_channel(self) -> bool:
+        return self.table.ndim == 2
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Mul(Layer):
+    """Elementwise product of two int8 tensors (broadcasting, e.g. squeeze-and-excite's x * gate).
+
+    (x - zx) * (y - zy) is exact in int32; it is requantized with one multiplier
+    x.scale * y.scale / q.scale = m0 * 2^-n.
+    """
+
+    kind: ClassVar[str] = "mul"
+    x: QParams
+    y: QParams
+    q: QParams
     m0: int
     n: int
+    lo: int = -128
+    hi: int = 127
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Concat(Layer):
+    """Concatenation along AXIS; each input is first requantized to the output's QParams.
+
+    RESCALE[i] is None when input i already has the output's QParams, else its (m0, n) with
+    s_i / s_out = m0 * 2^-n: q' = clamp(((q - z_i) * m0 + 2^(n-1)) >> n) + z_out).
+    """
+
+    kind: ClassVar[str] = "concat"
+    xs: tuple                        # QParams per input
+    q: QParams
+    axis: int
+    rescale: tuple                   # (m0, n) or None per input
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -252,7 +319,7 @@ class Dropout(Layer):
 
 # Every layer kind, in the order the visitor checks them.
 LAYER_KINDS: tuple[type[Layer], ...] = (FloatOp, Filter, Quantize, Dequantize, Conv2d, Dense, MaxPool, Reshape,
-                                        Relu, Add, AvgPool, Dropout)
+                                        Relu, Add, AvgPool, Lut, Mul, Concat, Dropout)
 
 
 class LayerVisitor:

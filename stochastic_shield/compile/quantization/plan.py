@@ -8,31 +8,15 @@ emitter, numpy reference, PyTorch replica) then execute the very same integers.
 from __future__ import annotations
 
 import numpy as np
-import tvm
 from tvm import relax
 
 from ...errors import ShieldError
 from ..shield.markers import marker_info, marker_input
 from .calibrate import tensor_bindings
 from .fixed_point import QMAX, QMIN, choose_qparams, quantize_multiplier, quantize_weights_per_channel
-from .layers import (Add, AvgPool, Conv2d, Dense, Dequantize, Dropout, Filter, FloatOp, MaxPool, QParams, QuantPlan,
-                     Quantize, Relu, Requantize, Reshape)
-
-
-def _op_name(value) -> str:
-    return value.op.name if isinstance(value, relax.Call) and hasattr(value.op, "name") else type(value).__name__
-
-
-def _is_const(e) -> bool:
-    return isinstance(e, tvm.ir.expr.Constant)
-
-
-def _const(e) -> np.ndarray:
-    return e.value.numpy()
-
-
-def _ints(a) -> tuple[int, ...]:
-    return tuple(int(x) for x in a)
+from .layers import (Add, Conv2d, Dense, Dequantize, Dropout, Filter, FloatOp, MaxPool, QParams, QuantPlan, Quantize,
+                     Relu, Requantize, Reshape)
+from .plan_rules import RuleMixin, clip_bounds, _const, _ints, _is_const, _op_name
 
 
 def filter_info(mod, call):
@@ -47,7 +31,7 @@ def filter_info(mod, call):
     return parse_filters(str(attrs[FILTER_ATTR]))[0]
 
 
-class _Planner:
+class _Planner(RuleMixin):
     """Walks the fp32 bindings once, in order, deciding each tensor's representation."""
 
     def __init__(self, mod, ranges: dict, spec):
@@ -67,6 +51,7 @@ class _Planner:
         self.absorbed: set = set()
         self.fp32_layers: list[str] = []
         self.n_quantized = 0
+        self.region: dict = {}     # var -> (int8 source var, Program): elementwise of one int8 tensor, not yet a Lut
 
     # ---------------------------------------------------------------- helpers
     def qparams_of(self, v) -> QParams:
@@ -76,7 +61,9 @@ class _Planner:
         return QParams(*choose_qparams(lo, hi))
 
     def need_int8(self, v) -> QParams:
-        """Make sure V is available as int8, quantizing its fp32 value if needed."""
+        """Make sure V is available as int8: a lookup table for an elementwise region, else quantize its fp32 value."""
+        if v in self.region:
+            self.materialize(v)
         if v not in self.q:
             qp = self.qparams_of(v)
             self.layers.append(Quantize(out=v, inputs=(v,), q=qp))
@@ -103,9 +90,9 @@ class _Planner:
                 return None
         return us[0]
 
-    def absorb_bias_relu(self, v, channels: int) -> tuple:
-        """Follow V through a bias add and a ReLU: returns (last var, bias or None, relu?)."""
-        bias, relu = None, False
+    def absorb_bias_act(self, v, channels: int) -> tuple:
+        """Follow V through a bias add and a ReLU / clamp: returns (last var, bias or None, (lo, hi) or None)."""
+        bias = None
         b = self.single_user(v, "relax.add", const_arg=True)
         if b is not None:
             args = b.value.args
@@ -114,11 +101,27 @@ class _Planner:
                 bias = c.reshape(channels)
                 self.absorbed.add(b.var)
                 v = b.var
-        r = self.single_user(v, "relax.nn.relu")
-        if r is not None:
-            self.absorbed.add(r.var)
-            v, relu = r.var, True
-        return v, bias, relu
+        v, act = self.absorb_act(v)
+        return v, bias, act
+
+    def absorb_act(self, v) -> tuple:
+        """Follow V through a ReLU, ReLU6 or clamp that is its only user: (last var, real (lo, hi) or None)."""
+        for op in ("relax.nn.relu", "relax.clip"):
+            r = self.single_user(v, op)
+            if r is not None:
+                self.absorbed.add(r.var)
+                return r.var, (0.0, float("inf")) if op == "relax.nn.relu" else clip_bounds(r.value)
+        return v, None
+
+    @staticmethod
+    def act_codes(qo: QParams, act) -> tuple[int, int]:
+        """The int8 clamp [lo, hi] of an activation range (real lo, hi) in output codes."""
+        if act is None:
+            return QMIN, QMAX
+        lo, hi = act
+        clo = QMIN if lo == float("-inf") else max(QMIN, qo.zero_point + int(np.rint(lo / qo.scale)))
+        chi = QMAX if hi == float("inf") else min(QMAX, qo.zero_point + int(np.rint(hi / qo.scale)))
+        return clo, chi
 
     # ---------------------------------------------------------------- layers
     def conv2d(self, b, x, w) -> bool:
@@ -128,8 +131,8 @@ class _Planner:
         qx = self.need_int8(x)
         wq, sw = quantize_weights_per_channel(w)
         cout = w.shape[0]
-        out, bias, relu = self.absorb_bias_relu(b.var, cout)
-        fields = self._anchor(b, out, qx, sw, bias, relu, wsum=wq.reshape(cout, -1).astype(np.int64).sum(1))
+        out, bias, act = self.absorb_bias_act(b.var, cout)
+        fields = self._anchor(b, out, qx, sw, bias, act, wsum=wq.reshape(cout, -1).astype(np.int64).sum(1))
         self.layers.append(Conv2d(out=out, inputs=(x,), w=wq, strides=_ints(a.strides), padding=_ints(a.padding),
                                   dilation=_ints(a.dilation), groups=int(a.groups), **fields))
         return True
@@ -139,44 +142,42 @@ class _Planner:
             return False
         qx = self.need_int8(x)
         wq_t, sw = quantize_weights_per_channel(w.T)   # per output feature = per column of W
-        out, bias, relu = self.absorb_bias_relu(b.var, w.shape[1])
-        fields = self._anchor(b, out, qx, sw, bias, relu, wsum=wq_t.astype(np.int64).sum(1))
+        out, bias, act = self.absorb_bias_act(b.var, w.shape[1])
+        fields = self._anchor(b, out, qx, sw, bias, act, wsum=wq_t.astype(np.int64).sum(1))
         self.layers.append(Dense(out=out, inputs=(x,), w=np.ascontiguousarray(wq_t.T), **fields))
         return True
 
-    def _anchor(self, b, out, qx: QParams, sw, bias, relu: bool, wsum) -> dict:
+    def _anchor(self, b, out, qx: QParams, sw, bias, act, wsum) -> dict:
         """Integer fields of conv2d/dense: int32 bias with zero-point correction, requantize or dequantize."""
         acc_scale = qx.scale * sw                                   # real value of one accumulator unit, per channel
         bias_q = np.zeros(len(sw), np.int64) if bias is None else np.rint(bias / acc_scale).astype(np.int64)
         bias_q = bias_q - qx.zero_point * wsum                        # conv(x - zx, w) = conv(x, w) - zx * sum(w)
         if np.abs(bias_q).max(initial=0) >= 2 ** 31:
             raise ShieldError(f"bias of {_op_name(b.value)} {b.var.name} overflows int32 after quantization")
-        fields = {"x": qx, "w_scale": np.asarray(sw, np.float64), "bias": bias_q.astype(np.int32), "relu": relu}
+        fields = {"x": qx, "w_scale": np.asarray(sw, np.float64), "bias": bias_q.astype(np.int32),
+                  "relu": act == (0.0, float("inf"))}
         self.n_quantized += 1
-        if out.same_as(self.output) and not relu:
+        if out.same_as(self.output) and act is None:
             # logits: leave the int32 accumulator and dequantize it once, per channel
             return dict(fields, out_scale=acc_scale.astype(np.float32))
         qo = self.qparams_of(out)
         m0, n = quantize_multiplier(acc_scale / qo.scale)
         self.q[out] = qo
-        return dict(fields, requant=Requantize(m0, n, qo, lo=qo.zero_point if relu else QMIN, hi=QMAX))
+        lo, hi = self.act_codes(qo, act)
+        return dict(fields, requant=Requantize(m0, n, qo, lo=lo, hi=hi))
 
     def residual_add(self, b, x, y) -> bool:
         qx, qy = self.need_int8(x), self.need_int8(y)
-        out, relu = b.var, False
-        r = self.single_user(out, "relax.nn.relu")
-        if r is not None:
-            self.absorbed.add(r.var)
-            out, relu = r.var, True
+        out, act = self.absorb_act(b.var)
         qo = self.qparams_of(out)
         mx, my = qx.scale / qo.scale, qy.scale / qo.scale
         # one shift for both inputs, chosen from the larger multiplier so both m fit in 31 bits
         _, n = quantize_multiplier(np.array([max(mx, my)]))
         n = int(n[0])
         self.q[out] = qo
+        lo, hi = self.act_codes(qo, act)
         self.layers.append(Add(out=out, inputs=(x, y), x=qx, y=qy, q=qo, mx=int(round(mx * 2 ** n)),
-                               my=int(round(my * 2 ** n)), n=n, lo=qo.zero_point if relu else QMIN, hi=QMAX,
-                               relu=relu))
+                               my=int(round(my * 2 ** n)), n=n, lo=lo, hi=hi, relu=act == (0.0, float("inf"))))
         self.n_quantized += 1
         return True
 
@@ -186,24 +187,9 @@ class _Planner:
         self.layers.append(Dropout(out=b.var, inputs=(x,), x=qx, p=p, layer_id=layer_id))
         return True
 
-    def avgpool(self, b, x) -> bool:
-        a = b.value.attrs
-        ndim = len(x.ty.shape)
-        axes = sorted(int(i) % ndim for i in a.axis) if a.axis is not None else None
-        if axes != [2, 3] or not bool(a.keepdims):
-            return False
-        qx = self.need_int8(x)
-        count = int(x.ty.shape[2]) * int(x.ty.shape[3])
-        qo = self.qparams_of(b.var)
-        m0, n = quantize_multiplier(np.array([qx.scale / (count * qo.scale)]))
-        self.q[b.var] = qo
-        self.layers.append(AvgPool(out=b.var, inputs=(x,), x=qx, q=qo, count=count, m0=int(m0[0]), n=int(n[0])))
-        self.n_quantized += 1
-        return True
-
     def passthrough(self, b, x, op: str) -> bool:
         """Max pool, reshape and ReLU on int8 codes: they commute with the affine map, so qparams carry over."""
-        qx = self.q[x]
+        qx = self.need_int8(x)
         if op == "relax.nn.max_pool2d":
             a = b.value.attrs
             if str(a.layout) != "NCHW":
@@ -225,7 +211,8 @@ class _Planner:
                 continue
             if not self.visit(b):
                 self.keep_float(b)
-        if self.output in self.q:
+        if self.is_int8(self.output):
+            self.need_int8(self.output)
             self.need_float(self.output)
         if self.n_quantized == 0:
             raise ShieldError("the model has no conv2d or dense layer to quantize")
@@ -246,17 +233,23 @@ class _Planner:
             self.need_float(x)
             self.layers.append(Filter(out=b.var, inputs=(x,), spec=spec))
             return True
+        if self.extend_region(b):
+            return True
         if op == "relax.nn.conv2d" and isinstance(args[0], relax.Var) and _is_const(args[1]):
             return self.conv2d(b, args[0], _const(args[1]))
         if op == "relax.matmul" and isinstance(args[0], relax.Var) and _is_const(args[1]):
             return self.dense(b, args[0], _const(args[1]))
-        if op == "relax.add" and all(isinstance(a, relax.Var) for a in args) and any(a in self.q for a in args):
+        if op == "relax.add" and all(isinstance(a, relax.Var) for a in args) and all(self.is_int8(a) for a in args):
             return self.residual_add(b, args[0], args[1])
+        if op == "relax.multiply" and all(isinstance(a, relax.Var) for a in args) and all(self.is_int8(a) for a in args):
+            return self.mul(b, args[0], args[1])
+        if op == "relax.concat":
+            return self.concat(b, args[0])
         x = args[0] if args and isinstance(args[0], relax.Var) else None
-        if x is None or x not in self.q:
+        if x is None or not self.is_int8(x):
             return False  # fp32 tensors stay fp32 until a conv/dense needs them
-        if op == "relax.mean":
-            return self.avgpool(b, x)
+        if op in ("relax.mean", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d"):
+            return self.avgpool(b, x, op)
         if op in ("relax.nn.max_pool2d", "relax.reshape", "relax.flatten", "relax.nn.relu"):
             return self.passthrough(b, x, op)
         return False
@@ -264,12 +257,13 @@ class _Planner:
     def keep_float(self, b) -> None:
         """B stays an fp32 binding; int8 inputs are dequantized first (only with allow_fp32)."""
         vars_in = tuple(a for a in getattr(b.value, "args", []) if isinstance(a, relax.Var))
-        int8_in = [a for a in vars_in if a in self.q]
+        int8_in = [a for a in vars_in if self.is_int8(a)]
         if int8_in:
             if not self.spec.allow_fp32:
                 raise ShieldError(f"{_op_name(b.value)} ({b.var.name}) cannot be quantized to int8",
                                   "pass --allow-fp32 to run it in fp32 between a dequantize and a quantize")
             for a in int8_in:
+                self.need_int8(a)
                 self.need_float(a)
             self.fp32_layers.append(f"{_op_name(b.value)} ({b.var.name})")
         self.layers.append(FloatOp(out=b.var, inputs=vars_in, binding=b))

@@ -133,9 +133,36 @@ class NumpyReference(LayerVisitor):
         self.i8[lay.out] = np.clip(t, lay.lo, lay.hi).astype(np.int8)
 
     def visit_avgpool(self, lay):
-        s = self.i8[lay.inputs[0]].astype(np.int64).sum(axis=(2, 3), keepdims=True) - lay.count * lay.x.zero_point
-        y = rescale(s, np.int64(lay.m0), np.int64(lay.n)) + lay.q.zero_point
+        x = _pad(self.i8[lay.inputs[0]], lay.padding, lay.x.zero_point).astype(np.int64)
+        win = np.lib.stride_tricks.sliding_window_view(x, lay.pool_size, axis=(2, 3))
+        s = win[:, :, ::lay.strides[0], ::lay.strides[1]].sum(axis=(4, 5))
+        s = s - lay.pool_size[0] * lay.pool_size[1] * lay.x.zero_point
+        y = rescale(s, lay.m0[None, None], lay.n[None, None]) + lay.q.zero_point
         self.i8[lay.out] = np.clip(y, -128, 127).astype(np.int8)
+
+    def visit_lut(self, lay):
+        idx = self.i8[lay.inputs[0]].astype(np.int64) + 128
+        if lay.per_channel:
+            shape = [1, -1] + [1] * (idx.ndim - 2)
+            self.i8[lay.out] = lay.table[np.arange(lay.table.shape[0]).reshape(shape), idx]
+        else:
+            self.i8[lay.out] = lay.table[idx]
+
+    def visit_mul(self, lay):
+        x, y = (self.i8[v].astype(np.int64) for v in lay.inputs)
+        prod = (x - lay.x.zero_point) * (y - lay.y.zero_point)
+        t = rescale(prod, np.int64(lay.m0), np.int64(lay.n)) + lay.q.zero_point
+        self.i8[lay.out] = np.clip(t, lay.lo, lay.hi).astype(np.int8)
+
+    def visit_concat(self, lay):
+        parts = []
+        for v, qx, rs in zip(lay.inputs, lay.xs, lay.rescale):
+            x = self.i8[v]
+            if rs is not None:
+                t = rescale(x.astype(np.int64) - qx.zero_point, np.int64(rs[0]), np.int64(rs[1])) + lay.q.zero_point
+                x = np.clip(t, -128, 127).astype(np.int8)
+            parts.append(x)
+        self.i8[lay.out] = np.concatenate(parts, axis=lay.axis)
 
     def visit_dropout(self, lay):
         from ..shield.dropout import mc_dropout_reference
