@@ -162,7 +162,8 @@ class RelaxEmitter(LayerVisitor):
             ndim = len(x.ty.shape)
             offsets = np.arange(lay.table.shape[0], dtype=np.int32) * 256
             idx = self.bb.emit(relax.op.add(idx, _chan(offsets, ndim, "int32")))
-        self.i8[lay.out] = self.bb.emit(relax.op.take(_c(lay.table.reshape(-1), "int8"), idx, axis=0))
+        # "clip" mode: "fast" prints a warning at every build (the codes are always in range)
+        self.i8[lay.out] = self.bb.emit(relax.op.take(_c(lay.table.reshape(-1), "int8"), idx, axis=0, mode="clip"))
 
     def visit_mul(self, lay):
         x, y = (self.bb.emit(relax.op.astype(self.i8[v], "int32")) for v in lay.inputs)
