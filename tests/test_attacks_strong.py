@@ -112,8 +112,12 @@ def test_passes_equal_the_seeded_passes_and_fix_masks_with_a_seed(net, batch):
     eot = EOT(net, 5, average="probs")(x)
     torch.testing.assert_close(ce_loss(out, y), F.cross_entropy(eot, y, reduction="none"))
     fixed = Passes(net, 5, seed=3)
+    torch.manual_seed(1)
     state = torch.get_rng_state()
-    assert torch.equal(fixed(x), fixed(x)) and torch.equal(torch.get_rng_state(), state)
+    first = fixed(x)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left alone
+    torch.manual_seed(2)
+    assert torch.equal(fixed(x), first) and not torch.equal(Passes(net, 5, seed=4)(x), first)
 
 
 def test_level_attack_realises_the_chosen_levels_exactly(net, batch):
@@ -202,10 +206,11 @@ def test_uncertainty_scores_match_the_detector_and_the_aware_attack_lowers_them(
 
 
 def test_detection_aware_success_needs_a_threshold():
-    out = torch.tensor([[[0.0, 5.0, 0.0], [0.0, 5.0, 0.0]], [[5.0, 0.0, 0.0], [0.0, 5.0, 0.0]]])  # (2, T=2, 3)
+    out = torch.tensor([[[0.0, 5.0, 0.0], [0.0, 5.0, 0.0]], [[0.0, 5.0, 0.0], [0.0, 0.0, 5.0]]])  # (2, T=2, 3)
     y = torch.tensor([0, 0])
     assert DetectionAwareLoss("ce").success(out, y).tolist() == [False, False]
-    # image 0: wrong and certain (MI 0); image 1: split passes, MI > 0.3
+    # both wrong; image 0 certain (MI 0), image 1 with passes split between two wrong classes (MI 0.67)
+    assert uncertainty(out)[1] > 0.6
     assert DetectionAwareLoss("ce", threshold=0.01).success(out, y).tolist() == [True, False]
 
 
