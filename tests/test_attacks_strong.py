@@ -11,7 +11,7 @@ from torch import nn
 from stochastic_shield.attacks import (APGD, EOT, PGD, DetectionAwareLoss, LevelPGD, Passes, bpda, ce_loss, dlr_loss,
                                        convergence_check, double, filter_surrogates, soft_bits, soft_median,
                                        uncertainty, worst_case)
-from stochastic_shield.attacks.losses import predictions
+from stochastic_shield.attacks.losses import BestPoint, predictions
 from stochastic_shield.compile.shield.filters import FilterSpec, parse_filters, torch_filter, torch_filters
 from stochastic_shield.errors import ShieldError
 from stochastic_shield.runtime_py.uncertainty import mc_summary
@@ -95,6 +95,18 @@ def test_apgd_restarts_keep_the_per_image_best(net, batch):
     expected = torch.stack(runs)[pick, torch.arange(len(y))]
     assert not torch.equal(broken[0], broken.any(0)) and (pick[~broken.any(0)] > 0).any(), "restarts untested"
     torch.testing.assert_close(APGD(net, EPS, steps=1, seed=0, restarts=3)(x, y), expected, atol=1e-6, rtol=0)
+
+
+def test_best_point_prefers_breaking_points_then_higher_loss():
+    best = BestPoint(torch.zeros(3, 1))
+    index = torch.arange(3)
+    best.update(index, torch.full((3, 1), 1.0), torch.tensor([1.0, 1.0, 1.0]), torch.tensor([False, True, False]))
+    best.update(index, torch.full((3, 1), 2.0), torch.tensor([0.5, 2.0, 3.0]), torch.tensor([False, True, True]))
+    best.update(index, torch.full((3, 1), 3.0), torch.tensor([9.0, 1.5, 9.0]), torch.tensor([False, True, False]))
+    best.update(torch.tensor([0]), torch.full((1, 1), 4.0), torch.tensor([0.1]), torch.tensor([True]))
+    # image 0: 4 broke it (at a lower loss than 3); 1: 2 has the highest loss of the breaking ones; 2: only 2 broke it
+    assert best.x.flatten().tolist() == [4.0, 2.0, 2.0] and best.broken.tolist() == [True, True, True]
+    assert best.loss.tolist() == [pytest.approx(0.1), 2.0, 3.0]
 
 
 def test_passes_equal_the_seeded_passes_and_fix_masks_with_a_seed(net, batch):

@@ -20,7 +20,7 @@ class LevelPGD(Attack):
     reachable cells ``[lo - 1/2, hi + 1/2]``, is rounded to a level image at every step, and the
     exact gradient of the loss at that level image moves u by ``alpha`` levels (a straight-through
     step); every level image visited is a candidate, the best per image is kept across steps and
-    restarts (first one misclassified, else the highest loss). ``realise`` then picks, per pixel, a
+    restarts (``BestPoint``: the highest loss among the misclassified ones, else overall). ``realise`` then picks, per pixel, a
     value inside the eps ball that q maps onto the chosen level: the pixel itself if it already
     rounds there, else the point of ``[a, b]`` nearest to the level. ``q(realise(x, z)) == z`` exactly.
 

@@ -157,7 +157,11 @@ def evaluate(model, loss, x: torch.Tensor, labels: torch.Tensor):
 
 
 class BestPoint:
-    """Per image, the first point found that broke it, else the point of highest loss so far."""
+    """Per image, the point of highest loss among those that broke it, else among all offered so far.
+
+    Among breaking points the highest loss rather than the first: on a stochastic model a point that
+    broke one noisy estimate may not break the next, the most confident one more likely does.
+    """
 
     def __init__(self, x: torch.Tensor):
         self.x = x.detach().clone()
@@ -167,7 +171,7 @@ class BestPoint:
     def update(self, index: torch.Tensor, x: torch.Tensor, loss: torch.Tensor, broken: torch.Tensor) -> None:
         """Offer candidates X (with their LOSS and BROKEN flags) for the images at INDEX."""
         was = self.broken[index]
-        take = (broken & ~was) | (~broken & ~was & (loss > self.loss[index]))
+        take = (broken & ~was) | ((broken == was) & (loss > self.loss[index]))
         self.x[index[take]] = x[take].to(self.x.dtype)
         self.loss[index] = torch.where(take, loss, self.loss[index])
         self.broken[index] = was | broken
