@@ -19,10 +19,11 @@ class LevelPGD(Attack):
     filter over that discrete set: a relaxed level index u per pixel, box-constrained to the
     reachable cells ``[lo - 1/2, hi + 1/2]``, is rounded to a level image at every step, and the
     exact gradient of the loss at that level image moves u by ``alpha`` levels (a straight-through
-    step); every level image visited is a candidate, the best per image is kept across steps and
-    restarts (``BestPoint``: the highest loss among the misclassified ones, else overall). ``realise`` then picks, per pixel, a
-    value inside the eps ball that q maps onto the chosen level: the pixel itself if it already
-    rounds there, else the point of ``[a, b]`` nearest to the level. ``q(realise(x, z)) == z`` exactly.
+    step); every level image visited is a candidate, and the best per image is kept across steps
+    and restarts (``BestPoint``: the highest loss among the misclassified ones, else overall).
+    ``realise`` then picks, per pixel, a value inside the eps ball that q maps onto the chosen
+    level: the pixel itself if it already rounds there, else the point of ``[a, b]`` nearest to the
+    level. ``q(realise(x, z)) == z`` exactly.
 
     ``attack(images, labels)`` returns ``realise(images, search(images, labels))``: pixel images
     for the whole defended model ``model(q(x))``.
@@ -83,7 +84,7 @@ class LevelPGD(Attack):
             noise = torch.rand(images.shape, generator=gen, device=images.device, dtype=images.dtype)[todo]
             low, high, y = lo[todo] - 0.5, hi[todo] + 0.5, labels[todo]
             u = low + noise * (high - low)
-            for step in range(self.steps + 1):
+            for _ in range(self.steps + 1):
                 # floor(u + 1/2) clamped: each reachable level owns a cell of width 1 of u's box.
                 z = torch.minimum(torch.maximum(torch.floor(u + 0.5), lo[todo]), hi[todo]) / self.levels
                 loss, grad, broken = evaluate(self.model, self.criterion, z, y)
