@@ -78,6 +78,40 @@ class EOT(nn.Module):
         return f"samples={self.samples}, average={self.average!r}"
 
 
+class Passes(nn.Module):
+    r"""T stochastic passes of a model stacked as pass logits (N, T, K), like the replica's ``forward(x, T)``.
+
+    For models with ``nn.Dropout`` layers (they sample even in the attack's eval mode), so the
+    losses of ``attacks.losses`` (mean prediction, mutual information) apply to them as to the
+    replica. With ``seed`` every call uses the same T masks (Carlini & Wagner's fixed-mask attack):
+    the passes run under ``torch.manual_seed(seed)`` inside a forked RNG, leaving the global one alone.
+
+    Arguments:
+        model (callable): images -> logits (N, K), stochastic.
+        passes (int): T, >= 1. (Default: 20)
+        seed (int): fixed masks from this seed; None draws fresh ones from the global RNG. (Default: None)
+
+    Example::
+        >>> attack = APGD(Passes(net, 20, seed=0), eps=0.1, loss=DetectionAwareLoss("dlr"))
+    """
+
+    def __init__(self, model, passes: int = 20, seed: int | None = None):
+        super().__init__()
+        require(callable(model), f"Passes needs a callable model, got {type(model).__name__}")
+        require(seed is None or (isinstance(seed, int) and not isinstance(seed, bool)),
+                f"seed must be an integer or None, got {seed!r}")
+        self.model, self.passes, self.seed = model, check_count("passes", passes), seed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with _dropout_sampling(self.model), torch.random.fork_rng(devices=[], enabled=self.seed is not None):
+            if self.seed is not None:
+                torch.manual_seed(self.seed)
+            return torch.stack([self.model(x) for _ in range(self.passes)], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"passes={self.passes}, seed={self.seed}"
+
+
 class _BPDAFunction(torch.autograd.Function):
     """Forward: fn(x) exactly. Backward: the vector-Jacobian product of approx at x (identity if None)."""
 
