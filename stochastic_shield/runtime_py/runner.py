@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ShieldError
+from ..rng import seed_to_rng
 from .artifact import Artifact, load_artifact
 from .session import Endpoint, open_session
 
@@ -101,7 +102,6 @@ class Deployment:
         """Per-pass logits (N, T, K) of T stochastic passes, one compiled call per batch of images."""
         import tvm
 
-        from ..compile.shield.dropout import seed_to_rng
 
         if not self.stochastic:
             return np.repeat(self.predict_logits(x)[:, None], T, axis=1)  # deterministic: all passes agree
@@ -123,7 +123,6 @@ class Deployment:
         """Latency of one call of the entry function (mc_T{T} for a shielded artifact) on the device, in ms."""
         import tvm
 
-        from ..compile.shield.dropout import seed_to_rng
 
         x = tvm.runtime.tensor(np.random.default_rng(0).random(self.artifact.input_shape, np.float32), device=self.dev)
         fn, args = "main", [x]
