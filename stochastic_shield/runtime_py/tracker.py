@@ -11,6 +11,7 @@ local boards' readiness checks and MetaSchedule's runner workers while tuning. E
 from __future__ import annotations
 
 import socket
+import struct
 from dataclasses import dataclass
 
 from ..errors import ShieldError
@@ -36,9 +37,7 @@ def probe(host: str, port: int, what: str = "tracker", timeout: float = PROBE_TI
         with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as e:
-        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
-        raise ShieldError(f"cannot reach the RPC {what} at {host}:{port} ({reason})",
-                          "start boards with 'shield boards up' or check the address") from None
+        raise _unreachable(host, port, what, e) from None
 
 
 def tracker_summary(address: str, *, timeout: float = SUMMARY_TIMEOUT) -> dict:
@@ -159,30 +158,41 @@ def request(address: str, key: str, *, session_timeout: float, queue_timeout: fl
 def _ask(host: str, port: int, message: list, timeout: float):
     """Send one request to the tracker and return its answer's value, giving up after TIMEOUT seconds.
 
-    TVM's TrackerSession (python/tvm/rpc/client.py) does the handshake, so it is used for that. But
-    its summary() and request() wait on the socket with no timeout: request() waits forever for a
-    key whose boards are all busy or dead, and summary() hangs on a stuck tracker. request() also
-    connects to the server it is given without saying which one, and the tuning journal and our
-    errors name the board. So this is the one place that talks on its socket, sending exactly what
-    TrackerSession does with TVM's own base.sendjson/recvjson.
+    TVM's client (TrackerSession, python/tvm/rpc/client.py) has no timeout anywhere:
+    connect_tracker retries a refused connection for a minute, its handshake and summary() block
+    forever on a port that accepts but never answers, and request() waits forever for a key whose
+    boards are all busy or dead. request() also connects to the server it is given without saying
+    which one, and our errors and the tuning journal name the board. So this is the one place that
+    speaks the tracker protocol: TrackerSession's own steps (magic number, one JSON request, one
+    JSON answer, with TVM's base helpers) on a socket that has a timeout.
 
-    Raises TimeoutError, OSError (lost), RuntimeError (refused or not a tracker) or ValueError.
+    Raises ShieldError (unreachable), TimeoutError, OSError (lost), RuntimeError (refused or not a
+    tracker) or ValueError (garbled answer).
     """
-    from tvm import rpc
     from tvm.rpc import base
 
-    probe(host, port, "tracker")  # connect_tracker retries a refused connection for a minute
-    tracker = rpc.connect_tracker(host, port)
     try:
-        sock = tracker._sock  # noqa: SLF001 - see the docstring: TVM's client has no timeout
+        sock = socket.create_connection((host, port), timeout=min(timeout, PROBE_TIMEOUT))
+    except OSError as e:
+        raise _unreachable(host, port, "tracker", e) from None
+    with sock:
+        sock.settimeout(min(timeout, SUMMARY_TIMEOUT))  # a tracker answers the handshake at once
+        sock.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
+        if struct.unpack("<i", base.recvall(sock, 4))[0] != base.RPC_TRACKER_MAGIC:
+            raise RuntimeError(f"{host}:{port} is not an RPC tracker")
         sock.settimeout(timeout)
         base.sendjson(sock, message)
         value = base.recvjson(sock)
-    finally:
-        tracker.close()
     if not value or value[0] != base.TrackerCode.SUCCESS:
         raise RuntimeError(f"tracker answered {value!r}")
     return value[1]
+
+
+def _unreachable(host: str, port: int, what: str, e: OSError) -> ShieldError:
+    """The one-line error for nothing answering a TCP connection at HOST:PORT."""
+    reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+    return ShieldError(f"cannot reach the RPC {what} at {host}:{port} ({reason})",
+                       "start boards with 'shield boards up' or check the address")
 
 
 def _reason(e: BaseException) -> str:
