@@ -28,7 +28,7 @@ def parse_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def probe(host: str, port: int, what: str = "tracker", timeout: float = PROBE_TIMEOUT) -> None:
+def probe(host: str, port: int, what: str, timeout: float = PROBE_TIMEOUT) -> None:
     """Fail fast, in one line, when nothing listens at HOST:PORT (TVM itself retries for a minute).
 
     WHAT names the program expected there ("tracker", "server") in the message.
