@@ -13,6 +13,7 @@ from tvm import relax
 from stochastic_shield.errors import ShieldError
 from stochastic_shield.runtime_py import boards as B
 from stochastic_shield.runtime_py import emulated as E
+from stochastic_shield.runtime_py.processes import group_members
 
 HOST_TARGET = {"kind": "llvm"}
 RASP4_TARGET = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72",
@@ -64,7 +65,7 @@ def _assert_gone(procs):
     """Every process group has ended and nothing listens on the ports any more."""
     for proc in procs:
         assert not proc.alive(), proc
-        assert B._group_members(proc.pgid) == [], proc
+        assert group_members(proc.pgid) == [], proc
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection((proc.host, proc.port), timeout=2).close()
 
@@ -159,7 +160,7 @@ def test_emulated_board_runs_a_cross_compiled_add_through_the_tracker(tmp_path):
     with B.local_boards(emulated=True, host_server=False, progress=lambda _: None) as boards:
         board = boards.processes[-1]
         assert board.kind == "emulated" and board.key == "rasp4b64"
-        assert any("qemu-aarch64-static" in cmd for _, cmd in B._group_members(board.pgid))
+        assert any("qemu-aarch64-static" in cmd for _, cmd in group_members(board.pgid))
         remote = _request(boards.tracker, "rasp4b64")
         _run_add_remotely(remote, lib)
         procs = list(boards.processes)

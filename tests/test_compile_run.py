@@ -121,7 +121,7 @@ def test_board_is_free_again_right_after_a_deployment_closes(host_artifact, fash
     """A closed session must release the board at once, not at its session timeout."""
     import time
 
-    from stochastic_shield.runtime_py.session import tracker_summary
+    from stochastic_shield.runtime_py.tracker import tracker_summary
 
     with Deployment(host_artifact, Endpoint(boards.tracker, "host", session_timeout=600)) as dep:
         dep.predict_logits(fashion_test.as_float(0, 8))

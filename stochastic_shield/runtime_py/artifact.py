@@ -1,6 +1,7 @@
 """Reading an artifact folder: its manifest and library, checked before anything runs."""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,34 @@ class Artifact:
             raise ShieldError(f"this artifact has no T={T} (TVM needs static shapes; it was built for "
                               f"T in {self.t_values})", "pick one of those, or recompile with 'T=...' in --shield")
         return name
+
+    def verified_library(self) -> tuple[bytes, str]:
+        """The library's bytes and their SHA-256, after checking them against the manifest.
+
+        The file is read once, and what was hashed is what the caller loads or uploads, so a library
+        replaced between the check and its use cannot slip through.
+
+        Raises
+        ------
+        ShieldError
+            The library cannot be read, the manifest records no ``library_sha256``, or the file's
+            hash differs from it (cut short, corrupted, or replaced after compiling).
+        """
+        try:
+            data = self.library.read_bytes()
+        except OSError as e:
+            raise ShieldError(f"cannot read the library {self.library} ({e.strerror or e})",
+                              "recompile with 'shield compile'") from None
+        digest = hashlib.sha256(data).hexdigest()
+        want = self.manifest.get("library_sha256")
+        if not want:
+            raise ShieldError(f"library {self.library} does not match its manifest: the manifest records no "
+                              "library_sha256", "recompile with 'shield compile'")
+        if digest != want:
+            raise ShieldError(f"library {self.library} does not match its manifest (SHA-256 {digest[:12]}..., "
+                              f"manifest {str(want)[:12]}...): it is damaged or was replaced",
+                              "recompile with 'shield compile'")
+        return data, digest
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
         """Validate a float image batch (N, C, H, W) against the artifact's input, or say what is wrong."""

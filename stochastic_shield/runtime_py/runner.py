@@ -5,10 +5,13 @@ import contextlib
 import os
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from .. import paths
 from ..errors import ShieldError
+from ..rng import seed_to_rng
 from .artifact import Artifact, load_artifact
 from .session import Endpoint, open_session
 
@@ -38,14 +41,16 @@ class Deployment:
         from tvm import relax
 
         try:
+            # Checked before a session is opened: a damaged library takes no board and loads nowhere.
+            data, digest = self.artifact.verified_library()
             sess, self.dev = self._stack.enter_context(open_session(self.endpoint))
-            lib_path = self.artifact.library
             try:
                 if sess is None:
-                    lib = tvm.runtime.load_module(str(_unique_copy(lib_path, self.artifact)))
+                    lib = tvm.runtime.load_module(str(_cached_library(data, digest)))
                 else:
-                    sess.upload(str(lib_path))
-                    lib = sess.load_module(lib_path.name)
+                    name = self.artifact.library.name
+                    sess.upload(bytearray(data), name)  # the bytes that were checked, not the file again
+                    lib = sess.load_module(name)
                 self.vm = relax.VirtualMachine(lib, self.dev)
             except ShieldError:
                 raise
@@ -101,7 +106,6 @@ class Deployment:
         """Per-pass logits (N, T, K) of T stochastic passes, one compiled call per batch of images."""
         import tvm
 
-        from ..compile.shield.dropout import seed_to_rng
 
         if not self.stochastic:
             return np.repeat(self.predict_logits(x)[:, None], T, axis=1)  # deterministic: all passes agree
@@ -123,7 +127,6 @@ class Deployment:
         """Latency of one call of the entry function (mc_T{T} for a shielded artifact) on the device, in ms."""
         import tvm
 
-        from ..compile.shield.dropout import seed_to_rng
 
         x = tvm.runtime.tensor(np.random.default_rng(0).random(self.artifact.input_shape, np.float32), device=self.dev)
         fn, args = "main", [x]
@@ -139,21 +142,44 @@ class Deployment:
         return dict(summarize_ms(results, batch=self.artifact.batch), T=T if self.stochastic else 1)
 
 
-def _unique_copy(lib_path, artifact):
-    """The library under a name unique to its content: dlopen keeps returning the first library
-    it loaded from a path, so a rebuilt artifact at the same path would silently run the old code."""
-    import shutil
-    import tempfile
-    from pathlib import Path
+LIBRARY_CACHE_SIZE = 64  # libraries kept in the content-named cache, the most recently used
 
-    digest = artifact.manifest.get("library_sha256") or str(lib_path.stat().st_mtime_ns)
-    dest = Path(tempfile.gettempdir()) / "stochastic-shield-libs" / f"{digest[:24]}.so"
-    if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
+
+def _cached_library(data: bytes, digest: str) -> Path:
+    """The library DATA (whose SHA-256 is DIGEST) as a file named after its content, for loading here.
+
+    dlopen keeps returning the first library it loaded from a path, so a rebuilt artifact at the same
+    path would silently run the old code; a name made of the content's hash cannot go stale. A copy
+    already there is used only if it holds exactly DATA.
+    """
+    cache = paths.library_cache_dir()
+    dest = cache / f"{digest}.so"
+    try:
+        fresh = dest.read_bytes() != data
+    except OSError:
+        fresh = True
+    if fresh:
+        cache.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_suffix(f".{os.getpid()}.tmp")
-        shutil.copyfile(lib_path, tmp)
+        tmp.write_bytes(data)
         os.replace(tmp, dest)
+        _prune(cache, keep=dest)
+    else:
+        with contextlib.suppress(OSError):
+            os.utime(dest)  # most recently used
     return dest
+
+
+def _prune(cache: Path, keep: Path) -> None:
+    """Delete all but the LIBRARY_CACHE_SIZE most recently used libraries of the cache (never KEEP)."""
+    entries = []
+    for f in cache.glob("*.so"):
+        with contextlib.suppress(OSError):
+            entries.append((f.stat().st_mtime, f))
+    for _, f in sorted(entries, reverse=True)[LIBRARY_CACHE_SIZE:]:
+        if f != keep:
+            with contextlib.suppress(OSError):
+                f.unlink()  # a process that has it loaded keeps its mapping
 
 
 def summarize_ms(results: list[float], batch: int = 1) -> dict:

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import paths
 from .._atomic import atomic_file, write_json
 from ..errors import ShieldError
 
@@ -36,11 +37,6 @@ _TARGET_KEYS = ("kind", "mtriple", "mcpu", "mattr")  # what must agree for sched
 # Where databases live
 # ---------------------------------------------------------------------------------------------
 
-def cache_root() -> Path:
-    """The package's cache folder: $SHIELD_CACHE or ~/.cache/stochastic-shield."""
-    return Path(os.environ.get("SHIELD_CACHE") or Path.home() / ".cache" / "stochastic-shield")
-
-
 def database_name(target: str, meta: dict, precision: str) -> str:
     """Folder name of the database of one model on one board: TARGET-ARCH-PRECISION-SHA12."""
     if precision not in ("fp32", "int8"):
@@ -54,7 +50,7 @@ def database_name(target: str, meta: dict, precision: str) -> str:
 
 def default_database_dir(target: str, meta: dict, precision: str) -> Path:
     """Where ``tune`` writes by default: $SHIELD_CACHE/schedules/<target>-<arch>-<precision>-<sha12>/."""
-    return cache_root() / "schedules" / database_name(target, meta, precision)
+    return paths.schedules_dir() / database_name(target, meta, precision)
 
 
 def shipped_database_dir(target: str, meta: dict, precision: str) -> Path:

@@ -30,6 +30,7 @@ from tvm.script.ir_builder import IRBuilder
 # The TIR builder is "tb", not "T": T is the number of MC samples throughout this module.
 from tvm.script.ir_builder import tirx as tb
 
+from ...rng import seed_to_rng  # noqa: F401 - the kernel's RNG input, importable from here too
 from .philox import add_u32, philox4x32_10, philox_tir
 
 MC_DROPOUT_DTYPES = ("int8", "float32")
@@ -54,29 +55,6 @@ def keep_threshold(p: float) -> int:
     if not 0.0 <= p < 1.0:
         raise ValueError(f"drop probability must be in [0, 1), got {p}")
     return min(round(p * 2.0**32), 2**32 - 1)
-
-
-def seed_to_rng(seed: int, sample_offset: int = 0) -> np.ndarray:
-    """The kernel's runtime RNG input for a 64-bit seed and the index of the first MC sample.
-
-    Parameters
-    ----------
-    seed : int
-        Seed in [0, 2^64).
-    sample_offset : int
-        Sample index of row t = 0, in [0, 2^32); row t uses sample ``sample_offset + t``.
-
-    Returns
-    -------
-    np.ndarray
-        uint32[3] = (seed_lo, seed_hi, sample_offset).
-    """
-    seed, sample_offset = int(seed), int(sample_offset)
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be in [0, 2^64), got {seed}")
-    if not 0 <= sample_offset < 2**32:
-        raise ValueError(f"sample_offset must be in [0, 2^32), got {sample_offset}")
-    return np.array([seed & 0xFFFFFFFF, seed >> 32, sample_offset], dtype=np.uint32)
 
 
 def dropout_keep_mask(row_shape, T: int, seed: int, sample_offset: int, layer_id: int, p: float) -> np.ndarray:
