@@ -59,3 +59,38 @@ def import_model(model: torch.nn.Module, input_shape, custom_convert_map: dict[s
     except Exception as e:  # noqa: BLE001 - converter failures surface as many exception types
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ShieldError(f"TVM could not import the model: {first}") from None
+
+
+def import_source(loaded, batch: int, config=None) -> tuple:
+    """Relax module of a loaded model (sources.LoadedModel) at static BATCH, with the shield's dropout sites.
+
+    Returns (module, dropout sites). Dropout sites are placed on the eager module (checkpoint,
+    factory), on the program's graph (.pt2) or on the ONNX graph; a model that does not normalise
+    its input gets (x - mean) / std compiled in front.
+    """
+    import copy
+
+    from .normalize_input import NormalizeInput
+    from .shield.torch_dropout import CUSTOM_CONVERT_MAP, insert_mc_dropout
+
+    shape = [int(batch), *loaded.meta["input_shape"][1:]]
+    if loaded.fixed_batch and loaded.fixed_batch != batch:
+        raise ShieldError(f"{loaded.source.path} was exported for batch {loaded.fixed_batch} only, not {batch}",
+                          f"export it with a dynamic batch dimension, or use --batch {loaded.fixed_batch}")
+    sites: list = []
+    if loaded.form == "onnx":
+        from .onnx_import import import_onnx
+
+        mod, sites = import_onnx(loaded.onnx_model, shape, config)
+    else:
+        model = loaded.module
+        if config is not None and config.dropout:
+            if loaded.form == "pt2":
+                from .shield.graph_dropout import insert_graph_dropout
+
+                model, sites = insert_graph_dropout(copy.deepcopy(model), config)
+            else:
+                model, sites = insert_mc_dropout(model, config)
+        mod = import_model(model, shape, CUSTOM_CONVERT_MAP)
+    src = loaded.source
+    return NormalizeInput(src.mean, src.std)(mod), sites
