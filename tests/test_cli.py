@@ -135,3 +135,28 @@ def test_normal_commands_print_no_library_warnings(tmp_path, fashion_root):
                  ("run", art, "--count", "2", "--data-root", fashion_root)):
         p = shield(*args, check=True)
         assert "Warning" not in p.stderr, (args, p.stderr)
+
+
+def test_cli_defaults_are_those_of_the_typed_functions():
+    """A command given no options calls its typed function with that function's own defaults."""
+    from stochastic_shield.bench.latency import LatencyArgs
+    from stochastic_shield.bench.robustness import RobustnessArgs
+    from stochastic_shield.cli import build_parser
+    from stochastic_shield.cli.bench import latency_args, robustness_args
+    from stochastic_shield.cli.compile import compile_args
+    from stochastic_shield.cli.demo import demo_args
+    from stochastic_shield.cli.run import eval_args, run_args
+    from stochastic_shield.cli.tune import tune_args
+    from stochastic_shield.compile.build import CompileArgs
+    from stochastic_shield.demo import DemoArgs
+    from stochastic_shield.runtime_py.predict import EvalArgs, RunArgs
+    from stochastic_shield.schedules import TuneArgs
+
+    parse, art = build_parser().parse_args, Path("art")
+    assert compile_args(parse(["compile", "-o", "art"])) == CompileArgs(None, out=art, progress=True)
+    assert run_args(parse(["run", "art"])) == RunArgs(art)
+    assert eval_args(parse(["eval", "art"])) == EvalArgs(art)
+    assert latency_args(parse(["bench", "latency", "art"])) == LatencyArgs(art)
+    assert robustness_args(parse(["bench", "robustness"])) == RobustnessArgs()
+    assert tune_args(parse(["tune"])) == TuneArgs()
+    assert demo_args(parse(["demo"])) == DemoArgs()

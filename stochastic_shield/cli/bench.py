@@ -6,7 +6,6 @@ from pathlib import Path
 
 from ..bench.robustness.grid import CONFIGS, DEFAULT_ATTACKS
 from ..bench.robustness.plan import RobustnessArgs
-from ..defaults import LATENCY_T
 from .common import add_json, add_rpc, comma_ints, comma_list, endpoint, ints_text, print_json
 
 
@@ -21,30 +20,41 @@ def register(sub) -> None:
 
 def add_latency(bench) -> argparse.ArgumentParser:
     """Add 'latency' to the sub-parsers of 'shield bench'."""
+    from ..bench.latency import LatencyArgs
+
+    d = LatencyArgs(Path())
     b = bench.add_parser("latency", help="on-board latency of a shielded artifact against T, beside the undefended model",
                          description="Time mc_T{T} on a board for each T, beside T separate single passes and the "
                                      "undefended int8 model, in one run. Writes latency.json, .csv and .png.")
     b.add_argument("artifact", type=Path, help="a shielded artifact (compile --int8 --shield ...)")
     b.add_argument("--baseline", type=Path, help="the undefended int8 artifact (default: compiled from the manifest)")
-    b.add_argument("--T", type=comma_ints, default=LATENCY_T, metavar="LIST",
-                   help=f"comma-separated T values (default {ints_text(LATENCY_T)})")
-    b.add_argument("-o", "--out", type=Path, default=Path("shield-out/latency"))
-    b.add_argument("--number", type=int, default=10, help="calls per timing repeat (default 10)")
-    b.add_argument("--repeat", type=int, default=15, help="timing repeats; the median is reported (default 15)")
-    b.add_argument("--warmup", type=int, default=5)
+    b.add_argument("--T", type=comma_ints, default=tuple(d.T), metavar="LIST",
+                   help=f"comma-separated T values (default {ints_text(d.T)})")
+    b.add_argument("-o", "--out", type=Path, default=d.out, help=f"output folder (default {d.out})")
+    b.add_argument("--number", type=int, default=d.timing.number,
+                   help=f"calls per timing repeat (default {d.timing.number})")
+    b.add_argument("--repeat", type=int, default=d.timing.repeat,
+                   help=f"timing repeats; the median is reported (default {d.timing.repeat})")
+    b.add_argument("--warmup", type=int, default=d.timing.warmup, help=f"(default {d.timing.warmup})")
     add_rpc(b)
     add_json(b)
     b.set_defaults(func=cmd_latency)
     return b
 
 
-def cmd_latency(args) -> None:
-    from ..bench.latency import LatencyArgs, format_table, run_latency
+def latency_args(args):
+    """The LatencyArgs of parsed 'shield bench latency' arguments."""
+    from ..bench.latency import LatencyArgs
     from ..runtime_py.runner import TimingSpec
 
-    res = run_latency(LatencyArgs(args.artifact, args.baseline, list(args.T), endpoint(args), args.out,
-                                  TimingSpec(number=args.number, repeat=args.repeat, warmup=args.warmup),
-                                  progress=not args.json))
+    return LatencyArgs(args.artifact, args.baseline, list(args.T), endpoint(args), args.out,
+                       TimingSpec(number=args.number, repeat=args.repeat, warmup=args.warmup), progress=not args.json)
+
+
+def cmd_latency(args) -> None:
+    from ..bench.latency import format_table, run_latency
+
+    res = run_latency(latency_args(args))
     if args.json:
         print_json(res)
     else:

@@ -33,13 +33,19 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_targets)
 
 
-def cmd_compile(args) -> None:
-    from ..compile.build import CompileArgs, compile_artifact
+def compile_args(args):
+    """The CompileArgs of parsed 'shield compile' arguments."""
+    from ..compile.build import CompileArgs
 
-    manifest = compile_artifact(CompileArgs(
-        args.checkpoint, args.target, args.out, args.batch, int8=args.int8, calib=args.calib, observer=args.observer,
-        allow_fp32=args.allow_fp32, data_root=args.data_root, progress=not args.json, shield=args.shield,
-        db=args.db, use_db=not args.no_db))
+    return CompileArgs(args.checkpoint, args.target, args.out, args.batch, int8=args.int8, calib=args.calib,
+                       observer=args.observer, allow_fp32=args.allow_fp32, data_root=args.data_root,
+                       progress=not args.json, shield=args.shield, db=args.db, use_db=not args.no_db)
+
+
+def cmd_compile(args) -> None:
+    from ..compile.build import compile_artifact
+
+    manifest = compile_artifact(compile_args(args))
     if args.json:
         print_json(manifest)
     else:

@@ -27,10 +27,17 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-def cmd_demo(args) -> None:
-    from ..demo import DemoArgs, run_demo
+def demo_args(args):
+    """The DemoArgs of parsed 'shield demo' arguments."""
+    from ..demo import DemoArgs
 
-    res = run_demo(DemoArgs(out=args.out, checkpoint=args.checkpoint, limit=args.limit, shield=args.shield,
-                            resume=not args.fresh))
+    return DemoArgs(out=args.out, checkpoint=args.checkpoint, limit=args.limit, shield=args.shield,
+                    resume=not args.fresh)
+
+
+def cmd_demo(args) -> None:
+    from ..demo import run_demo
+
+    res = run_demo(demo_args(args))
     if args.json:
         print_json(res)

@@ -28,11 +28,26 @@ def register(sub) -> None:
         p.set_defaults(func=cmd_run if name == "run" else cmd_eval)
 
 
-def cmd_run(args) -> None:
-    from ..runtime_py.predict import RunArgs, classify
+def run_args(args):
+    """The RunArgs of parsed 'shield run' arguments."""
+    from ..runtime_py.predict import RunArgs
 
-    res = classify(RunArgs(args.artifact, images=args.images, dataset=args.dataset, data_root=args.data_root,
-                           index=args.index, count=args.count, T=args.T, seed=args.seed, endpoint=endpoint(args)))
+    return RunArgs(args.artifact, images=args.images, dataset=args.dataset, data_root=args.data_root,
+                   index=args.index, count=args.count, T=args.T, seed=args.seed, endpoint=endpoint(args))
+
+
+def eval_args(args):
+    """The EvalArgs of parsed 'shield eval' arguments."""
+    from ..runtime_py.predict import EvalArgs
+
+    return EvalArgs(args.artifact, dataset=args.dataset, data_root=args.data_root, limit=args.limit, T=args.T,
+                    seed=args.seed, endpoint=endpoint(args), progress=not args.json)
+
+
+def cmd_run(args) -> None:
+    from ..runtime_py.predict import classify
+
+    res = classify(run_args(args))
     if args.json:
         print_json(res.to_json())
         return
@@ -45,10 +60,9 @@ def cmd_run(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from ..runtime_py.predict import EvalArgs, evaluate_artifact
+    from ..runtime_py.predict import evaluate_artifact
 
-    res = evaluate_artifact(EvalArgs(args.artifact, dataset=args.dataset, data_root=args.data_root, limit=args.limit,
-                                     T=args.T, seed=args.seed, endpoint=endpoint(args), progress=not args.json))
+    res = evaluate_artifact(eval_args(args))
     if args.json:
         print_json(res)
     else:

@@ -77,17 +77,24 @@ def register(subparsers) -> None:
 
 
 # ---------------------------------------------------------------- commands
-def cmd_tune(args) -> None:
-    from ..schedules.tune import TuneArgs, tune
+def tune_args(args):
+    """The TuneArgs of parsed 'shield tune' arguments."""
+    from ..schedules import TuneArgs
 
-    res = tune(TuneArgs(
+    return TuneArgs(
         checkpoint=args.checkpoint, target=args.target, tracker=args.tracker, key=args.key, trials=args.trials,
         int8=not args.fp32, db=args.db, max_trials_per_task=args.max_trials_per_task,
         num_trials_per_iter=args.trials_per_round, tasks=tuple(args.task), batch=args.batch, calib=args.calib,
         observer=args.observer, allow_fp32=args.allow_fp32, data_root=args.data_root, shield=args.shield,
         builder_timeout=args.builder_timeout, runner_workers=args.runner_workers,
         session_timeout=args.session_timeout, queue_timeout=args.queue_timeout, seed=args.seed,
-        progress=not args.json))
+        progress=not args.json)
+
+
+def cmd_tune(args) -> None:
+    from ..schedules import tune
+
+    res = tune(tune_args(args))
     if args.json:
         print_json(res)
     else:

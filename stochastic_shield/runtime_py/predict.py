@@ -91,7 +91,7 @@ class EvalArgs:
     T: int = RUN_T
     seed: int = 0
     endpoint: Endpoint = field(default_factory=Endpoint)
-    progress: bool = False
+    progress: bool = True
 
 
 def evaluate_artifact(args: EvalArgs) -> dict:
