@@ -10,7 +10,7 @@ from .common import add_json, add_quantization, print_json
 
 def register(subparsers) -> None:
     """Add the 'tune' and 'schedules' subcommands to the shield CLI's subparsers."""
-    from ..schedules import TuneArgs
+    from ..schedules.tune import TuneArgs
 
     d = TuneArgs()
     p = subparsers.add_parser(
@@ -79,7 +79,7 @@ def register(subparsers) -> None:
 # ---------------------------------------------------------------- commands
 def tune_args(args):
     """The TuneArgs of parsed 'shield tune' arguments."""
-    from ..schedules import TuneArgs
+    from ..schedules.tune import TuneArgs
 
     return TuneArgs(
         checkpoint=args.checkpoint, target=args.target, tracker=args.tracker, key=args.key, trials=args.trials,
@@ -92,7 +92,7 @@ def tune_args(args):
 
 
 def cmd_tune(args) -> None:
-    from ..schedules import tune
+    from ..schedules.tune import tune
 
     res = tune(tune_args(args))
     if args.json:
