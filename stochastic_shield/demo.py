@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ._atomic import atomic_file, write_json
+from .defaults import DEFAULT_SHIELD, LATENCY_T, ROBUSTNESS_T
 
 
 @dataclass
@@ -15,12 +16,12 @@ class DemoArgs:
 
     out: Path = Path("shield-out")
     checkpoint: Path | None = None
-    shield: str = "default"
+    shield: str = DEFAULT_SHIELD
     limit: int = 200                       # test images for the robustness run
     attacks: tuple[str, ...] = ("fgsm", "pgd20", "adaptive")
     eps: tuple[float, ...] = (0.0, 0.1)
-    robust_T: tuple[int, ...] = (1, 8, 32)
-    latency_T: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    robust_T: tuple[int, ...] = ROBUSTNESS_T
+    latency_T: tuple[int, ...] = LATENCY_T
     eot_samples: int = 10
     accuracy_images: int = 2000            # clean accuracy of int8 + shield at T=16 over RPC
     resume: bool = True

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from stochastic_shield.bench import RobustnessArgs, parse_attack, run_robustness, sanity_checks, write_report
-from stochastic_shield.bench.cli_robustness import register, robustness_args
-from stochastic_shield.bench.report import markdown
 from stochastic_shield.bench.robustness import RESULTS, cell_key, parse_eps
+from stochastic_shield.bench.robustness.report import markdown
+from stochastic_shield.cli.bench import add_robustness, robustness_args
 from stochastic_shield.errors import ShieldError
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -137,7 +137,7 @@ def test_bad_arguments_are_one_line_errors(call, match):
 
 def test_cli_arguments_become_robustness_args(tmp_path):
     ap = argparse.ArgumentParser()
-    register(ap.add_subparsers(dest="bench"))
+    add_robustness(ap.add_subparsers(dest="bench"))
     ns = ap.parse_args(["robustness", "--attacks", "fgsm,adaptive", "--eps", "0,8/255", "--T", "1,8",
                         "--rpc", "127.0.0.1:9190", "--key", "rasp4b64", "-o", str(tmp_path), "--resume", "--json",
                         "--threads", "1"])
@@ -149,7 +149,7 @@ def test_cli_arguments_become_robustness_args(tmp_path):
 
 def test_boards_of_a_key_share_the_images_and_agree_with_a_local_run(boards, tmp_path, fashion_root, fashion_test):
     """Two real host RPC servers under one key: both get a session, and the result equals a local run."""
-    from stochastic_shield.bench import robustness as R
+    from stochastic_shield.bench.robustness.devices import Devices
     from stochastic_shield.compile.build import CompileArgs, compile_artifact
     from stochastic_shield.runtime_py.artifact import load_artifact
     from stochastic_shield.runtime_py.boards import free_port, start_host_server, stop
@@ -162,7 +162,7 @@ def test_boards_of_a_key_share_the_images_and_agree_with_a_local_run(boards, tmp
     x = fashion_test.as_float(0, 22)
     servers = [start_host_server(free_port(), boards.tracker, key="pair", log_dir=tmp_path) for _ in range(2)]
     try:
-        devices = R._Devices(Endpoint(boards.tracker, "pair"))
+        devices = Devices(Endpoint(boards.tracker, "pair"))
         assert devices.boards == 2
         try:
             out = devices.logits(art, x, (1, 8), seed=3)

@@ -122,7 +122,7 @@ def test_copied_database_is_found_and_applied_by_compile(host_db, tmp_path, monk
         D.resolve_database("rasp4b64", meta, "fp32", explicit=db)
 
     tuned = compile_artifact(CompileArgs(None, "host", tmp_path / "tuned"), database_dir=found)
-    plain = compile_artifact(CompileArgs(None, "host", tmp_path / "plain"))
+    plain = compile_artifact(CompileArgs(None, "host", tmp_path / "plain", use_db=False))
     assert tuned["tuning"] == {"database": str(found)}
     assert tuned["library_sha256"] != plain["library_sha256"]  # the tuned dense kernel is in the library
 
@@ -207,7 +207,7 @@ def test_tuned_int8_artifact_on_the_emulated_board_matches_the_untuned_one(emula
     assert sum(b["measured"] for b in res["boards"].values()) == res["trials_after"]
 
     tuned = compile_artifact(CompileArgs(None, "rasp4b64", tmp_path / "tuned", int8=True), database_dir=db)
-    plain = compile_artifact(CompileArgs(None, "rasp4b64", tmp_path / "plain", int8=True))
+    plain = compile_artifact(CompileArgs(None, "rasp4b64", tmp_path / "plain", int8=True, use_db=False))
     assert tuned["library_sha256"] != plain["library_sha256"]
     x = fashion_test.as_float(0, 8)
     board = Endpoint(emulated_boards.tracker, "rasp4b64", session_timeout=300)

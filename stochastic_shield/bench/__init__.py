@@ -1,6 +1,5 @@
-"""Benchmarks behind `shield bench`: robustness to adversarial attacks of the compiled deployments."""
-from .report import write_report
-from .robustness import CONFIGS, AttackSpec, RobustnessArgs, parse_attack, run_robustness, sanity_checks
+"""Benchmarks behind `shield bench`: latency against T, and robustness of the compiled deployments under attack."""
+from .robustness import CONFIGS, AttackSpec, RobustnessArgs, parse_attack, run_robustness, sanity_checks, write_report
 
 __all__ = ["CONFIGS", "AttackSpec", "RobustnessArgs", "parse_attack", "run_robustness", "sanity_checks",
            "write_report"]

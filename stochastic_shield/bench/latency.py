@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._atomic import atomic_file, write_json
+from ..defaults import CALIB_IMAGES, LATENCY_T, OBSERVER, checkpoint_from_label
 from ..errors import ShieldError
 from ..runtime_py.artifact import load_artifact
 from ..runtime_py.runner import Deployment, TimingSpec
@@ -27,7 +28,7 @@ class LatencyArgs:
 
     artifact: Path
     baseline: Path | None = None       # undefended int8 artifact; compiled from the manifest when None
-    T: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
+    T: list[int] = field(default_factory=lambda: list(LATENCY_T))
     endpoint: Endpoint = field(default_factory=Endpoint)
     out: Path = Path("shield-out/latency")
     timing: TimingSpec = field(default_factory=lambda: TimingSpec(number=10, repeat=15, warmup=5))
@@ -35,16 +36,22 @@ class LatencyArgs:
 
 
 def _baseline_for(art, workdir: Path) -> Path:
-    """Compile the undefended int8 model of a shielded artifact (same checkpoint, target, batch, calibration)."""
+    """Compile the undefended int8 model of a shielded artifact (same checkpoint, target, batch, calibration,
+    tuning database)."""
     from ..compile.build import CompileArgs, compile_artifact
 
     m = art.manifest
-    ckpt = m["model"]["checkpoint"]
     q = m.get("quantization") or {}
+    # The same schedules as the artifact: its tuning database, or untuned defaults if it had none.
+    db = (m.get("tuning") or {}).get("database")
+    if db and not Path(db).is_dir():
+        raise ShieldError(f"{art.path} was compiled with the tuning database {db}, which is not on this machine",
+                          "pass --baseline with an undefended int8 artifact built with the same schedules")
     out = workdir / "baseline-int8"
-    compile_artifact(CompileArgs(None if ckpt == "shipped" else Path(ckpt), m["target"]["name"], out,
-                                 batch=art.batch, int8=True, calib=q.get("calib_images", 512),
-                                 observer=q.get("observer", "minmax")))
+    compile_artifact(CompileArgs(checkpoint_from_label(m["model"]["checkpoint"]), m["target"]["name"], out,
+                                 batch=art.batch, int8=True, calib=q.get("calib_images", CALIB_IMAGES),
+                                 observer=q.get("observer", OBSERVER), db=Path(db) if db else None,
+                                 use_db=db is not None))
     return out
 
 

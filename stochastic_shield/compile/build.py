@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .._atomic import atomic_dir, write_json
 from ..checkpoint import load_checkpoint
+from ..defaults import CALIB_IMAGES, OBSERVER, TARGET, checkpoint_label
 from ..errors import ShieldError
 from ..targets import get_board
 
@@ -22,16 +23,18 @@ class CompileArgs:
     """Settings of one compilation."""
 
     checkpoint: Path | None
-    target: str = "host"
+    target: str = TARGET
     out: Path = Path("artifact")
     batch: int = 1
     int8: bool = False
-    calib: int = 512                # calibration images from the training set
-    observer: str = "minmax"
+    calib: int = CALIB_IMAGES       # calibration images from the training set
+    observer: str = OBSERVER
     allow_fp32: bool = False        # int8: run layers without an int8 form in fp32 instead of failing
     data_root: str | None = None    # where the calibration data set lives (default: its usual place)
     progress: bool = False
     shield: object = None           # a ShieldConfig, a compact string or a .toml path (needs int8)
+    db: Path | None = None          # tuning database to apply (None: the model's own for this board, if tuned)
+    use_db: bool = True             # False: untuned default schedules, whatever databases exist
 
 
 def _sha256(path: Path) -> str:
@@ -118,10 +121,33 @@ def _functions(prep: Prepared) -> dict:
     return {"main": {"T": 1, "inputs": ["x"], "output_rows": "b"}}
 
 
-def compile_artifact(args: CompileArgs, database_dir=None) -> dict:
+def tuning_database(args: CompileArgs) -> Path | None:
+    """The tuning database compiling ARGS applies, validated, or None for untuned default schedules.
+
+    ``args.db`` when given (it must hold records tuned for the board); else, with ``args.use_db``,
+    the model's database for this board and precision (the user's tuned one, then a shipped one,
+    see ``schedules.resolve_database``); None when there is none or ``use_db`` is False.
+    """
+    if not args.use_db:
+        if args.db is not None:
+            raise ShieldError(f"a tuning database ({args.db}) was given with use_db=False", "drop one of the two")
+        return None
+    from ..schedules.database import model_meta, resolve_database
+
+    return resolve_database(get_board(args.target).name, model_meta(args.checkpoint),
+                            "int8" if args.int8 else "fp32", explicit=args.db)
+
+
+_RESOLVE = object()  # compile_artifact's database_dir when not given: tuning_database(args)
+
+
+def compile_artifact(args: CompileArgs, database_dir=_RESOLVE) -> dict:
     """Import, compile and export a checkpoint for a board; returns the manifest written beside the library.
 
-    DATABASE_DIR: a MetaSchedule database whose tuned schedules are applied (None: untuned defaults).
+    The tuned schedules of the model's database are applied as ``shield compile`` applies them
+    (see :func:`tuning_database`; ``args.db`` names another database, ``args.use_db=False`` builds
+    with untuned defaults); the manifest's ``tuning`` records the database used. DATABASE_DIR, if
+    given, overrides that choice: a database folder, or None for untuned defaults.
     """
     import tvm
 
@@ -129,6 +155,8 @@ def compile_artifact(args: CompileArgs, database_dir=None) -> dict:
 
     board = get_board(args.target)
     fcompile = board.fcompile()     # fail early on a missing cross compiler
+    if database_dir is _RESOLVE:
+        database_dir = tuning_database(args)
     prep = prepare_module(args)
     ex = build(prep.mod, board.tvm_target(), database_dir)
     meta, shape = prep.meta, prep.input_shape
@@ -149,7 +177,7 @@ def compile_artifact(args: CompileArgs, database_dir=None) -> dict:
             "output": {"shape": [args.batch, len(meta["classes"])], "dtype": "float32", "kind": "logits"},
             "normalisation": meta.get("normalisation"),
             "classes": meta["classes"],
-            "model": {"arch": meta["arch"], "dataset": meta["dataset"], "checkpoint": str(args.checkpoint or "shipped"),
+            "model": {"arch": meta["arch"], "dataset": meta["dataset"], "checkpoint": checkpoint_label(args.checkpoint),
                       "weights_sha256": meta["weights_sha256"], "fp32_test_accuracy": meta.get("test_accuracy")},
             "target": {"name": board.name, "tvm": board.target, "cross_compiler": board.cross_compiler,
                        "rpc_key": board.rpc_key},

@@ -21,13 +21,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...defaults import DEFAULT_SHIELD, SHIELD_T as DEFAULT_T  # noqa: F401 - re-exported
 from ...errors import ShieldError
 from .filters import FilterSpec, parse_filters
 
-DEFAULT_T = (1, 2, 4, 8, 16, 32, 64)
-# Chosen by benchmarks/shield_sweep.py: the strongest filter and rate in the sweep whose clean
-# accuracy at T=16 stays within 2 points of plain int8 on the shipped model (the 3x3 median costs 4).
-DEFAULT_SHIELD = "filter=bits:3; dropout=model:0.3"
 MODEL = "model"
 _FORMS = "e.g. 'filter=median:3; dropout=model:0.1; T=1,8,32' or a .toml file"
 

@@ -1,15 +1,18 @@
 """`shield tune` and `shield schedules ...`: parse arguments, call the typed functions, print."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from ..errors import ShieldError
+from .common import add_json, add_quantization, print_json
 
 
 def register(subparsers) -> None:
     """Add the 'tune' and 'schedules' subcommands to the shield CLI's subparsers."""
+    from ..schedules.tune import TuneArgs
+
+    d = TuneArgs()
     p = subparsers.add_parser(
         "tune", help="tune a model's kernels for a board with MetaSchedule (resumable)",
         description="Tune the kernels of a model for a board with MetaSchedule (XGBoost cost model), measuring "
@@ -18,12 +21,12 @@ def register(subparsers) -> None:
                     "command continues: records already in the database count toward --trials. Ctrl-C stops "
                     "after the current round.")
     p.add_argument("checkpoint", type=Path, nargs="?", help="checkpoint .pt (default: the shipped Fashion-MNIST CNN)")
-    p.add_argument("--target", default="host", help="board name, see 'shield targets' (default host)")
+    p.add_argument("--target", default=d.target, help=f"board name, see 'shield targets' (default {d.target})")
     p.add_argument("--tracker", metavar="HOST:PORT",
                    help="RPC tracker of the boards (required except for --target host, measured on this machine)")
     p.add_argument("--key", help="tracker key of the boards (default: the board's rpc_key)")
-    p.add_argument("--trials", type=int, default=64, help="measured candidates for the whole model, "
-                                                          "including those already in the database (default 64)")
+    p.add_argument("--trials", type=int, default=d.trials, help="measured candidates for the whole model, "
+                                                               f"including those already in the database (default {d.trials})")
     p.add_argument("--fp32", action="store_true", help="tune the fp32 model (default: int8, as compile --int8)")
     p.add_argument("--db", type=Path, help="database folder (default: 'shield schedules path' of the model)")
     p.add_argument("--task", action="append", default=[], metavar="NAME",
@@ -31,25 +34,21 @@ def register(subparsers) -> None:
     p.add_argument("--max-trials-per-task", type=int, metavar="N", help="cap per task (default: none)")
     p.add_argument("--trials-per-round", type=int, metavar="N",
                    help="candidates per round (default: the budget spread over the tasks, 2..32)")
-    p.add_argument("--batch", type=int, default=1, help="static batch size, as for compile (default 1)")
+    p.add_argument("--batch", type=int, default=d.batch, help=f"static batch size, as for compile (default {d.batch})")
     p.add_argument("--shield", metavar="CONFIG", help="tune the shielded model, as compile --shield (its batch-T "
                                                       "dense and dropout kernels); shares the model's database")
-    q = p.add_argument_group("int8 quantization (as for compile)")
-    q.add_argument("--calib", type=int, default=512, metavar="N")
-    q.add_argument("--observer", default="minmax", choices=["minmax", "moving_average", "percentile"])
-    q.add_argument("--allow-fp32", action="store_true")
-    q.add_argument("--data-root")
+    add_quantization(p, "int8 quantization (as for compile)")
     m = p.add_argument_group("building and measuring")
-    m.add_argument("--builder-timeout", type=float, default=120.0, metavar="S",
-                   help="seconds per candidate build (default 120)")
+    m.add_argument("--builder-timeout", type=float, default=d.builder_timeout, metavar="S",
+                   help=f"seconds per candidate build (default {d.builder_timeout:g})")
     m.add_argument("--runner-workers", type=int, metavar="N",
                    help="parallel measurements (default: number of boards under the key)")
-    m.add_argument("--session-timeout", type=float, default=120.0, metavar="S",
-                   help="seconds a board keeps one measurement session (default 120)")
-    m.add_argument("--queue-timeout", type=float, default=120.0, metavar="S",
-                   help="seconds to wait for a free board before a measurement fails (default 120)")
+    m.add_argument("--session-timeout", type=float, default=d.session_timeout, metavar="S",
+                   help=f"seconds a board keeps one measurement session (default {d.session_timeout:g})")
+    m.add_argument("--queue-timeout", type=float, default=d.queue_timeout, metavar="S",
+                   help=f"seconds to wait for a free board before a measurement fails (default {d.queue_timeout:g})")
     m.add_argument("--seed", type=int, help="random seed of the search")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_json(p, "print the summary as JSON")
     p.set_defaults(func=cmd_tune)
 
     p = subparsers.add_parser(
@@ -59,38 +58,45 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     s = sub.add_parser("show", help="tasks, trials and best latencies in a database")
     s.add_argument("db", type=Path, help="database folder")
-    s.add_argument("--json", action="store_true")
+    add_json(s)
     s = sub.add_parser("merge", help="add the records of databases to another (duplicates kept once)")
     s.add_argument("dst", type=Path, help="database folder to merge into (created if needed)")
     s.add_argument("srcs", type=Path, nargs="+", metavar="SRC", help="database folders to merge from")
     s.add_argument("--allow-mixed-targets", action="store_true",
                    help="merge even if the databases were tuned for different targets")
-    s.add_argument("--json", action="store_true")
+    add_json(s)
     s = sub.add_parser("path", help="the database folder tune writes and compile applies for a model and board")
     s.add_argument("checkpoint", type=Path, nargs="?", help="checkpoint .pt (default: the shipped model)")
-    s.add_argument("--target", default="host", help="board name (default host)")
+    s.add_argument("--target", default=d.target, help=f"board name (default {d.target})")
     s.add_argument("--fp32", action="store_true", help="the fp32 model's database (default int8)")
-    s.add_argument("--json", action="store_true")
+    add_json(s)
     s = sub.add_parser("repair", help="drop the lines of a database that do not parse (e.g. cut short by a kill)")
     s.add_argument("db", type=Path, help="database folder")
-    s.add_argument("--json", action="store_true")
+    add_json(s)
     p.set_defaults(func=cmd_schedules)
 
 
 # ---------------------------------------------------------------- commands
-def cmd_tune(args) -> None:
-    from .tune import TuneArgs, tune
+def tune_args(args):
+    """The TuneArgs of parsed 'shield tune' arguments."""
+    from ..schedules.tune import TuneArgs
 
-    res = tune(TuneArgs(
+    return TuneArgs(
         checkpoint=args.checkpoint, target=args.target, tracker=args.tracker, key=args.key, trials=args.trials,
         int8=not args.fp32, db=args.db, max_trials_per_task=args.max_trials_per_task,
         num_trials_per_iter=args.trials_per_round, tasks=tuple(args.task), batch=args.batch, calib=args.calib,
         observer=args.observer, allow_fp32=args.allow_fp32, data_root=args.data_root, shield=args.shield,
         builder_timeout=args.builder_timeout, runner_workers=args.runner_workers,
         session_timeout=args.session_timeout, queue_timeout=args.queue_timeout, seed=args.seed,
-        progress=not args.json))
+        progress=not args.json)
+
+
+def cmd_tune(args) -> None:
+    from ..schedules.tune import tune
+
+    res = tune(tune_args(args))
     if args.json:
-        _print_json(res)
+        print_json(res)
     else:
         _print_tune(res)
     if res["status"] == "interrupted":
@@ -101,32 +107,24 @@ def cmd_tune(args) -> None:
 
 
 def cmd_schedules(args) -> None:
-    from . import database as dbm
+    from ..schedules import database as dbm
 
     if args.action == "show":
         res = dbm.show(args.db)
-        _print_json(res) if args.json else _print_show(res)
+        print_json(res) if args.json else _print_show(res)
     elif args.action == "merge":
         res = dbm.merge(args.dst, *args.srcs, allow_mixed_targets=args.allow_mixed_targets)
         if args.json:
-            _print_json(res)
+            print_json(res)
         else:
             print(f"{res['path']}: {res['added']} records added, {res['duplicates']} duplicates skipped; "
                   f"now {res['records']} records of {res['workloads']} workloads")
     elif args.action == "path":
-        precision = "fp32" if args.fp32 else "int8"
-        from ..targets import get_board
+        from ..schedules.locate import locate_database
 
-        board = get_board(args.target)
-        meta = dbm.model_meta(args.checkpoint)
-        path = dbm.default_database_dir(board.name, meta, precision)
-        shipped = dbm.shipped_database_dir(board.name, meta, precision)
-        applied = dbm.find_database(board.name, meta, precision)
-        res = {"path": str(path), "exists": path.is_dir(), "has_records": dbm.has_records(path),
-               "shipped": str(shipped) if dbm.has_records(shipped) else None,
-               "compile_applies": str(applied) if applied else None}
+        res = locate_database(args.checkpoint, args.target, "fp32" if args.fp32 else "int8")
         if args.json:
-            _print_json(res)
+            print_json(res)
         else:
             print(res["path"])
             if not res["has_records"]:
@@ -135,7 +133,7 @@ def cmd_schedules(args) -> None:
     elif args.action == "repair":
         res = dbm.repair(args.db)
         if args.json:
-            _print_json(res)
+            print_json(res)
         else:
             for d in res["dropped"]:
                 print(f"dropped {d['file']} line {d['line']}: {d['problem']}")
@@ -144,11 +142,6 @@ def cmd_schedules(args) -> None:
 
 
 # ---------------------------------------------------------------- printing
-def _print_json(obj) -> None:
-    json.dump(obj, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
-
-
 def _ms(v) -> str:
     return f"{v:.4g}" if v is not None else "-"
 

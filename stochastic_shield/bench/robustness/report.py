@@ -4,8 +4,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from .._atomic import atomic_file
-from .robustness import THREATS, lookup
+from ..._atomic import atomic_file
+from .grid import THREATS, lookup
 
 REPORT = "robustness.md"
 PLOT = "robustness_{threat}.png"

@@ -1,0 +1,109 @@
+"""The settings of a robustness run (RobustnessArgs) and their checked form (Plan)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...defaults import DEFAULT_DROPOUT, DEFAULT_FILTER, ROBUSTNESS_T, SESSION_TIMEOUT, TARGET
+from ...errors import ShieldError
+from .grid import CONFIGS, DEFAULT_ATTACKS, EPS_GRIDS, AttackSpec, Configuration, parse_attack, parse_eps
+
+
+@dataclass
+class RobustnessArgs:
+    """Settings of one robustness evaluation (see run_robustness)."""
+
+    checkpoint: Path | None = None          # None: the shipped Fashion-MNIST CNN
+    dataset: str | None = None              # None: the model's data set
+    data_root: str | None = None            # folder of the data set (test images and int8 calibration)
+    limit: int | None = 500                 # the first LIMIT test images (None: all)
+    attacks: tuple[str, ...] = DEFAULT_ATTACKS
+    eps: tuple[float, ...] | None = None    # None: the data set's grid (EPS_GRIDS)
+    T: tuple[int, ...] = ROBUSTNESS_T
+    filter: str = DEFAULT_FILTER            # the input filter of int8+filter and int8+shield
+    dropout: str = DEFAULT_DROPOUT          # the MC dropout of int8+dropout and int8+shield
+    eot_samples: int = 10
+    configs: tuple[str, ...] = tuple(CONFIGS)
+    target: str = TARGET
+    rpc: str | None = None                  # HOST:PORT of a server, or of the tracker with key
+    key: str | None = None
+    session_timeout: float = SESSION_TIMEOUT
+    out: Path = Path("shield-out/robustness")
+    seed: int = 0                           # the board's dropout seed, and the attacks' random starts
+    resume: bool = False
+    batch: int = 32                         # static batch of the compiled artifacts
+    craft_batch: int = 100                  # passes per attack batch: images, or images * eot_samples with EOT
+    threads: int | None = None              # torch threads while crafting (None: torch's default)
+    calib: int = 512                        # int8 calibration images
+    progress: bool = True
+
+
+@dataclass
+class Plan:
+    """The checked settings of a run, everything but the work."""
+
+    args: RobustnessArgs
+    meta: dict
+    split: object
+    attacks: list[AttackSpec]
+    eps: tuple[float, ...]
+    highlight: float | None
+    Ts: tuple[int, ...]
+    configs: list[Configuration]
+    out: Path
+    shield: object = None                   # the whole shield (ShieldConfig) the configurations take parts of
+    endpoint: object = None
+    rows: list = field(default_factory=list)
+
+    def say(self, msg: str) -> None:
+        """A progress line above the progress bars (only with args.progress)."""
+        if self.args.progress:
+            from tqdm import tqdm
+
+            tqdm.write(f"[shield bench robustness] {msg}")
+
+
+def check_args(args: RobustnessArgs) -> Plan:
+    """Validate ARGS (one ShieldError per rule) and load the model's sidecar and the test images."""
+    from ...checkpoint import load_checkpoint
+    from ...compile.shield.config import parse_shield
+    from ...data import load_dataset
+    from ...runtime_py.session import Endpoint
+
+    _, meta = load_checkpoint(args.checkpoint)
+    dataset = args.dataset or meta["dataset"]
+    split = load_dataset(dataset, "test", args.data_root)
+    if list(split.info.shape) != list(meta["input_shape"][1:]):
+        raise ShieldError(f"data set {dataset} has images {split.info.shape}, the model takes "
+                          f"{tuple(meta['input_shape'][1:])}", f"use the model's data set ({meta['dataset']})")
+    if args.limit is not None and args.limit < 1:
+        raise ShieldError(f"limit must be at least 1, got {args.limit}")
+    split = split.subset(args.limit)
+    attacks = [parse_attack(a) for a in args.attacks]
+    if not attacks or len({a.name for a in attacks}) != len(attacks):
+        raise ShieldError(f"attacks must be a non-empty list without repeats, got {list(args.attacks)}")
+    grid, highlight = EPS_GRIDS.get(dataset, ((0.0,), None))
+    eps = parse_eps(grid if args.eps is None else args.eps)
+    Ts = tuple(sorted({int(t) for t in args.T}))
+    if not Ts or Ts[0] < 1:
+        raise ShieldError(f"T must be positive integers, got {list(args.T)}")
+    unknown = [c for c in args.configs if c not in CONFIGS]
+    if unknown or not args.configs:
+        raise ShieldError(f"unknown configuration(s) {unknown or list(args.configs)}",
+                          f"choose among {', '.join(CONFIGS)}")
+    configs = [CONFIGS[c] for c in CONFIGS if c in args.configs]  # the table's order
+    # The user's filter and dropout, parsed once where a configuration uses them (a bad one fails
+    # here); each configuration compiles in its part of this whole shield.
+    parts = ([f"filter={args.filter}"] if any(c.use_filter for c in configs) else []) + (
+        [f"dropout={args.dropout}"] if any(c.use_dropout for c in configs) else [])
+    shield = parse_shield("; ".join(parts + ["T=" + ",".join(map(str, Ts))]))
+    for name in ("eot_samples", "batch", "craft_batch", "calib", "threads"):
+        if getattr(args, name) is not None and int(getattr(args, name)) < 1:
+            raise ShieldError(f"{name} must be at least 1, got {getattr(args, name)}")
+    if args.key and not args.rpc:
+        raise ShieldError("--key needs --rpc", "give the tracker as --rpc HOST:PORT")
+    endpoint = Endpoint(args.rpc, args.key, session_timeout=args.session_timeout)
+    plan = Plan(args, meta, split, attacks, eps, highlight if highlight in eps else None, Ts, configs,
+                Path(args.out), shield, endpoint)
+    plan.rows = [(c, row, t) for c in configs for row, t in c.rows(Ts)]
+    return plan

@@ -1,0 +1,63 @@
+"""The `shield` command: a thin shell that parses arguments, calls a typed function and prints.
+
+One module per command group, each with ``register(subparsers)`` and its ``cmd_*`` functions:
+train, compile (and targets), run (and eval), boards, bench (latency, robustness), tune (and
+schedules), demo. What they share (where to run, JSON output) is in ``common``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from ..errors import ShieldError
+from . import bench, boards, compile, demo, run, train, tune
+
+DESCRIPTION = """\
+stochastic-shield: int8 CNNs on small Arm boards, defended against adversarial inputs.
+
+The usual path: 'shield compile' a checkpoint for a board, start or reach boards ('shield boards'),
+then 'shield run' / 'shield eval' the artifact on them. 'shield demo' runs the whole story on the
+shipped Fashion-MNIST model and a local board.
+"""
+
+# The command groups, in the order 'shield --help' lists them.
+COMMAND_GROUPS = (train, compile, run, boards, bench, tune, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole `shield` parser; each subcommand's parsed arguments carry ``func``, its command."""
+    from .. import __version__
+
+    ap = argparse.ArgumentParser(prog="shield", description=DESCRIPTION,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"stochastic-shield {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for group in COMMAND_GROUPS:
+        group.register(sub)
+    return ap
+
+
+def _quiet_library_warnings() -> None:
+    """Hide library warnings that say nothing to a user of the command line."""
+    # torch 2.13 deprecates its own LeafSpec class (torch/utils/_pytree.py) yet keeps a LeafSpec in
+    # every exported program's module call graph; ExportedProgram.run_decompositions deep-copies
+    # that graph, and re-creating the LeafSpec warns. It is about torch's internals, printed by
+    # every int8 compile, and the call that triggers it (run_decompositions) is one we need.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
+
+
+def main(argv=None) -> int:
+    """Run `shield ARGV...`; returns the exit code (2 on a ShieldError, 130 on Ctrl-C)."""
+    _quiet_library_warnings()
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ShieldError as e:
+        print(f"shield {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"shield {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,136 @@
+"""`shield bench latency` and `shield bench robustness`: parse the arguments, call the benchmark, summarise."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..bench.robustness.grid import CONFIGS, DEFAULT_ATTACKS
+from ..bench.robustness.plan import RobustnessArgs
+from .common import add_json, add_rpc, comma_ints, comma_list, endpoint, ints_text, print_json
+
+
+def register(sub) -> None:
+    """Add 'bench' with its two benchmarks to the shield CLI's subparsers."""
+    p = sub.add_parser("bench", help="benchmarks users come for: latency against T, robustness under attack",
+                       description="Benchmarks that write JSON, plots and a readable report.")
+    bench = p.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
+    add_latency(bench)
+    add_robustness(bench)
+
+
+def add_latency(bench) -> argparse.ArgumentParser:
+    """Add 'latency' to the sub-parsers of 'shield bench'."""
+    from ..bench.latency import LatencyArgs
+
+    d = LatencyArgs(Path())
+    b = bench.add_parser("latency", help="on-board latency of a shielded artifact against T, beside the undefended model",
+                         description="Time mc_T{T} on a board for each T, beside T separate single passes and the "
+                                     "undefended int8 model, in one run. Writes latency.json, .csv and .png.")
+    b.add_argument("artifact", type=Path, help="a shielded artifact (compile --int8 --shield ...)")
+    b.add_argument("--baseline", type=Path, help="the undefended int8 artifact (default: compiled from the manifest)")
+    b.add_argument("--T", type=comma_ints, default=tuple(d.T), metavar="LIST",
+                   help=f"comma-separated T values (default {ints_text(d.T)})")
+    b.add_argument("-o", "--out", type=Path, default=d.out, help=f"output folder (default {d.out})")
+    b.add_argument("--number", type=int, default=d.timing.number,
+                   help=f"calls per timing repeat (default {d.timing.number})")
+    b.add_argument("--repeat", type=int, default=d.timing.repeat,
+                   help=f"timing repeats; the median is reported (default {d.timing.repeat})")
+    b.add_argument("--warmup", type=int, default=d.timing.warmup, help=f"(default {d.timing.warmup})")
+    add_rpc(b)
+    add_json(b)
+    b.set_defaults(func=cmd_latency)
+    return b
+
+
+def latency_args(args):
+    """The LatencyArgs of parsed 'shield bench latency' arguments."""
+    from ..bench.latency import LatencyArgs
+    from ..runtime_py.runner import TimingSpec
+
+    return LatencyArgs(args.artifact, args.baseline, list(args.T), endpoint(args), args.out,
+                       TimingSpec(number=args.number, repeat=args.repeat, warmup=args.warmup), progress=not args.json)
+
+
+def cmd_latency(args) -> None:
+    from ..bench.latency import format_table, run_latency
+
+    res = run_latency(latency_args(args))
+    if args.json:
+        print_json(res)
+    else:
+        print(format_table(res))
+        print(f"\nwrote {args.out}/latency.json, latency.csv, latency.png ({res['where']})")
+
+
+def add_robustness(bench) -> argparse.ArgumentParser:
+    """Add 'robustness' to the sub-parsers of 'shield bench'."""
+    d = RobustnessArgs()
+    p = bench.add_parser(
+        "robustness", help="clean and robust accuracy of the compiled deployments under FGSM, PGD and adaptive attacks",
+        description="Craft adversarial images in PyTorch (on the undefended fp32 model: transfer; on each "
+                    "deployment's replica with EOT and BPDA: adaptive), classify them with the compiled artifacts "
+                    "of fp32, int8, int8+filter, int8+dropout and int8+shield, and write JSON, PNG plots and a "
+                    "Markdown report to -o DIR. Finished cells are kept; --resume skips them.")
+    p.add_argument("checkpoint", type=Path, nargs="?", help="checkpoint .pt (default: the shipped Fashion-MNIST CNN)")
+    p.add_argument("--dataset", help="fashion-mnist or cifar10 (default: the model's)")
+    p.add_argument("--data-root", help="folder of the data set (test images and int8 calibration)")
+    p.add_argument("--limit", type=int, default=d.limit, help=f"the first N test images (default {d.limit})")
+    p.add_argument("--attacks", type=comma_list, default=DEFAULT_ATTACKS, metavar="LIST",
+                   help=f"fgsm, pgd<STEPS>, adaptive[<STEPS>] (default {','.join(DEFAULT_ATTACKS)}; adaptive = 20 "
+                        "steps with EOT)")
+    p.add_argument("--eps", type=comma_list, metavar="LIST",
+                   help="L-inf budgets, fractions allowed (default Fashion-MNIST 0,0.05,0.1,0.2,0.3; "
+                        "CIFAR-10 0,2/255,4/255,8/255,16/255)")
+    p.add_argument("--T", type=comma_ints, default=d.T, metavar="LIST", help=f"MC passes (default {ints_text(d.T)})")
+    p.add_argument("--configs", type=comma_list, default=tuple(CONFIGS), metavar="LIST",
+                   help=f"deployments to evaluate (default all: {','.join(CONFIGS)})")
+    s = p.add_argument_group("the shield")
+    s.add_argument("--filter", default=d.filter, help=f"input filter of int8+filter and int8+shield (default {d.filter})")
+    s.add_argument("--dropout", default=d.dropout,
+                   help=f"MC dropout of int8+dropout and int8+shield (default {d.dropout})")
+    s.add_argument("--eot-samples", type=int, default=d.eot_samples,
+                   help=f"dropout masks averaged per adaptive step ({d.eot_samples})")
+    s.add_argument("--seed", type=int, default=d.seed,
+                   help=f"the board's dropout seed and the attacks' random starts ({d.seed})")
+    c = p.add_argument_group("compilation")
+    c.add_argument("--target", default=d.target, help=f"board the artifacts are compiled for (default {d.target})")
+    c.add_argument("--batch", type=int, default=d.batch, help=f"static batch of the artifacts (default {d.batch})")
+    c.add_argument("--calib", type=int, default=d.calib, help=f"int8 calibration images (default {d.calib})")
+    c.add_argument("--craft-batch", type=int, default=d.craft_batch,
+                   help=f"passes per attack batch: images, or images times --eot-samples for EOT ({d.craft_batch})")
+    c.add_argument("--threads", type=int, help="torch threads for the attacks (default: torch's; 1 is often "
+                                               "fastest on busy shared cores)")
+    add_rpc(p)
+    p.add_argument("-o", "--out", type=Path, default=d.out,
+                   help=f"output folder: robustness.json, robustness.md, plots, artifacts/ ({d.out})")
+    p.add_argument("--resume", action="store_true", help="keep the finished cells of OUT/robustness.json")
+    add_json(p, "print the results as JSON (no progress bars)")
+    p.set_defaults(func=cmd_robustness)
+    return p
+
+
+def robustness_args(ns: argparse.Namespace) -> RobustnessArgs:
+    """The typed settings of parsed arguments."""
+    return RobustnessArgs(checkpoint=ns.checkpoint, dataset=ns.dataset, data_root=ns.data_root, limit=ns.limit,
+                          attacks=tuple(ns.attacks), eps=ns.eps, T=tuple(ns.T), filter=ns.filter, dropout=ns.dropout,
+                          eot_samples=ns.eot_samples, configs=tuple(ns.configs), target=ns.target, rpc=ns.rpc,
+                          key=ns.key, session_timeout=ns.session_timeout, out=ns.out, seed=ns.seed,
+                          resume=ns.resume, batch=ns.batch, craft_batch=ns.craft_batch, calib=ns.calib,
+                          threads=ns.threads, progress=not ns.json)
+
+
+def cmd_robustness(ns: argparse.Namespace) -> None:
+    from ..bench.robustness import run_robustness
+
+    res = run_robustness(robustness_args(ns))
+    if ns.json:
+        for row in res["clean"].values():
+            row.pop("mutual_info", None)  # per-image values: in the JSON file, not on stdout
+        print_json(res)
+        return
+    run = res["run"]
+    print(f"{run['computed']} cells computed, {run['skipped']} resumed")
+    for v in res["sanity"]:
+        word = {True: "PASS", False: "FAIL", None: "not run"}[v["passed"]]
+        print(f"sanity {word:7s} {v['name']}: {v['detail']}")
+    print(f"report: {res['files']['report']}; results: {res['files']['json']}")

@@ -1,0 +1,66 @@
+"""`shield compile` and `shield targets`: build an artifact for a board, list the boards."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..defaults import DEFAULT_SHIELD, TARGET
+from .common import add_json, add_quantization, print_json, to_json
+
+
+def register(sub) -> None:
+    """Add 'compile' and 'targets' to the shield CLI's subparsers."""
+    p = sub.add_parser("compile", help="compile a checkpoint into a deployable artifact for a board",
+                       description="Import a checkpoint into TVM, compile it for a board and write DIR with "
+                                   "the library and manifest.json (atomically).")
+    p.add_argument("checkpoint", type=Path, nargs="?", help="checkpoint .pt (default: the shipped Fashion-MNIST CNN)")
+    p.add_argument("--target", default=TARGET, help=f"board name, see 'shield targets' (default {TARGET})")
+    p.add_argument("-o", "--out", type=Path, required=True, help="artifact folder to write")
+    p.add_argument("--batch", type=int, default=1, help="static batch size of the artifact (default 1)")
+    add_quantization(p, int8=True)
+    p.add_argument("--shield", metavar="CONFIG",
+                   help=f"compile the defense in (needs --int8): 'default' ({DEFAULT_SHIELD}), "
+                        "'filter=median:3; dropout=model:0.1; T=1,8,32' or a .toml file; see the README")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--db", type=Path, metavar="DIR", help="apply tuned schedules from this database "
+                                                         "(default: the model's own database, if tuned)")
+    g.add_argument("--no-db", action="store_true", help="ignore the model's default tuning database")
+    add_json(p, "print the manifest as JSON")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("targets", help="list the boards we can compile for",
+                       description="List the known boards: TVM target, cross compiler, default RPC key.")
+    add_json(p)
+    p.set_defaults(func=cmd_targets)
+
+
+def compile_args(args):
+    """The CompileArgs of parsed 'shield compile' arguments."""
+    from ..compile.build import CompileArgs
+
+    return CompileArgs(args.checkpoint, args.target, args.out, args.batch, int8=args.int8, calib=args.calib,
+                       observer=args.observer, allow_fp32=args.allow_fp32, data_root=args.data_root,
+                       progress=not args.json, shield=args.shield, db=args.db, use_db=not args.no_db)
+
+
+def cmd_compile(args) -> None:
+    from ..compile.build import compile_artifact
+
+    manifest = compile_artifact(compile_args(args))
+    if args.json:
+        print_json(manifest)
+    else:
+        print(f"wrote {args.out}: {manifest['precision']} {manifest['model']['arch']} for {manifest['target']['name']} "
+              f"(input {manifest['input']['shape']}, TVM {manifest['tvm_version']})")
+
+
+def cmd_targets(args) -> None:
+    from ..targets import all_boards
+
+    boards = [b.describe() for b in all_boards().values()]
+    if args.json:
+        print_json(boards)
+        return
+    for b in boards:
+        cc = b["cross_compiler"] or "host compiler"
+        print(f"{b['name']:10s} key={b['rpc_key']:9s} {cc:24s} {b['description']}")
+        print(f"{'':10s} target={to_json(b['target'])}")
