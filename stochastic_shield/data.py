@@ -158,13 +158,3 @@ def load_dataset(name: str, split: str = "test", root: str | os.PathLike | None 
         return load_fashion_mnist(split, root)
     return load_cifar10(split, root)
 
-
-def load_data(source, split: str = "test", root: str | os.PathLike | None = None) -> Split:
-    """A built-in data set by name (its SPLIT), or the user's image folder or .npz (the same for every split)."""
-    from .user_data import is_user_data, load_user_data
-
-    if is_user_data(source):
-        return load_user_data(source)
-    if source is not None and ("/" in str(source) or str(source).endswith(".npz")):
-        raise ShieldError(f"data {source} not found", "give an image folder, an .npz file or a data set name")
-    return load_dataset(str(source), split, root)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DatasetInfo, Split
+from .data import DatasetInfo, Split, load_dataset
 from .errors import ShieldError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -146,3 +146,12 @@ def write_image_folder(split: Split, root: str | os.PathLike, limit: int | None 
         img = split.images[i]
         Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)).save(d / f"{i:05d}.png")
     return root
+
+
+def load_data(source, split: str = "test", root: str | os.PathLike | None = None) -> Split:
+    """A built-in data set by name (its SPLIT), or the user's image folder or .npz (the same for every split)."""
+    if is_user_data(source):
+        return load_user_data(source)
+    if source is not None and ("/" in str(source) or str(source).endswith(".npz")):
+        raise ShieldError(f"data {source} not found", "give an image folder, an .npz file or a data set name")
+    return load_dataset(str(source), split, root)

@@ -8,7 +8,7 @@ import torch
 from ..errors import ShieldError
 
 
-def _layer_of(node) -> str:
+def layer_of(node) -> str:
     """The innermost module path that produced an fx node, e.g. 'layer1.0.conv1 (Conv2d)'."""
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
@@ -26,7 +26,7 @@ def unsupported_ops(ep: torch.export.ExportedProgram, custom_convert_map: dict |
     missing = []
     for node in ep.graph.nodes:
         if node.op == "call_function" and getattr(node.target, "__name__", str(node.target)) not in known:
-            missing.append((str(node.target), _layer_of(node)))
+            missing.append((str(node.target), layer_of(node)))
     return missing
 
 

@@ -57,11 +57,19 @@ def build(mod: tvm.IRModule, target: tvm.target.Target, database_dir=None):
     """Lower, apply tuned schedules from DATABASE_DIR if given, and code-generate MOD for TARGET."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
+    import contextlib
+
     mod = lower(mod, target)
-    with target, tvm.transform.PassContext(opt_level=3):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(target)
+        stack.enter_context(tvm.transform.PassContext(opt_level=3))
         passes = []
         if database_dir is not None:
-            passes.append(relax.transform.MetaScheduleApplyDatabase(str(database_dir)))
+            from tvm.s_tir import meta_schedule as ms
+
+            # opened here, not by the pass from a path: the pass's own opening prints a C++ warning
+            stack.enter_context(ms.database.JSONDatabase(work_dir=str(database_dir)))
+            passes.append(relax.transform.MetaScheduleApplyDatabase())
         passes += cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)
         mod = tvm.transform.Sequential(passes)(mod)
         return tvm.compile(mod, target=target, relax_pipeline=None)

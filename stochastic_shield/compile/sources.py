@@ -195,7 +195,7 @@ def _meta(source: ModelSource, arch: str, sha: str, dims) -> dict:
     if shape is None and dims and len(dims) == 4 and all(d for d in dims[1:]):
         shape = [int(d) for d in dims[1:]]
     if shape is None and source.data:
-        from ..data import load_data
+        from ..user_data import load_data
 
         shape = list(load_data(source.data, "test").info.shape)
     if shape is None:
@@ -207,7 +207,7 @@ def _meta(source: ModelSource, arch: str, sha: str, dims) -> dict:
     if source.classes:
         meta["classes"] = list(source.classes)
     elif source.data:
-        from ..data import load_data
+        from ..user_data import load_data
 
         meta["classes"] = list(load_data(source.data, "test").info.classes)
     return meta

@@ -10,14 +10,12 @@ import os
 import sys
 from typing import Callable
 
+from ..defaults import EMULATED_PORT, HOST_PORT, TRACKER_PORT  # noqa: F401 - re-exported
 from ..errors import ShieldError
 from . import emulated as _emulated
 from .processes import LOCALHOST, BoardProcess, check_port_free, child_env, listening, spawn, wait_until
 from .tracker import server_registered, tracker_summary
 
-TRACKER_PORT = 9190
-HOST_PORT = 9090
-EMULATED_PORT = 9091
 HOST_KEY = "host"
 EMULATED_KEY = "rasp4b64"
 DEFAULT_TRACKER = f"{LOCALHOST}:{TRACKER_PORT}"

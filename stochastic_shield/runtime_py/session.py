@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+from ..defaults import SESSION_TIMEOUT
 from ..errors import ShieldError
 from .tracker import keys_on_tracker, parse_address, probe, request, require_key, tracker_summary
 
@@ -11,7 +12,7 @@ from .tracker import keys_on_tracker, parse_address, probe, request, require_key
 __all__ = ["Endpoint", "open_session", "connect", "parse_address", "keys_on_tracker", "tracker_summary",
            "DEFAULT_SESSION_TIMEOUT", "DEFAULT_QUEUE_TIMEOUT"]
 
-DEFAULT_SESSION_TIMEOUT = 120.0  # seconds a server keeps one session alive
+DEFAULT_SESSION_TIMEOUT = SESSION_TIMEOUT  # seconds a server keeps one session alive
 DEFAULT_QUEUE_TIMEOUT = 300.0    # seconds to wait for a free board of a key
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import paths
+from ..defaults import checkpoint_label
 from ..errors import ShieldError
 from ..runtime_py.tracker import parse_address, require_key
 from . import database as dbm
@@ -132,7 +133,7 @@ def tune(args: TuneArgs) -> dict:
     summary = {
         "database": str(db_dir), "target": board.name, "precision": precision,
         "model": {"arch": prep.meta["arch"], "weights_sha256": prep.meta["weights_sha256"],
-                  "checkpoint": str(args.checkpoint or "shipped"), "batch": args.batch},
+                  "checkpoint": checkpoint_label(args.checkpoint), "batch": args.batch},
         "where": f"tracker {args.tracker} key {key}" if args.tracker else "local",
         "runner_workers": servers, "budget": args.trials, "trials_before": done_before,
     }

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 
-from ...errors import ShieldError
 
 
 class Devices:
@@ -20,19 +19,14 @@ class Devices:
         self.boards = self._count_boards()
 
     def _count_boards(self) -> int:
-        from ...runtime_py.session import keys_on_tracker, tracker_summary
+        from ...runtime_py.tracker import free_servers, require_key, tracker_summary
 
         ep = self.endpoint
         if ep.is_local or ep.key is None:
             return 1
-        summary = tracker_summary(ep.address)
-        keys = keys_on_tracker(summary)
-        if ep.key not in keys:
-            known = ", ".join(f"{k} ({n})" for k, n in sorted(keys.items())) or "none"
-            raise ShieldError(f"no board registered under key {ep.key!r} at tracker {ep.address}",
-                              f"keys there: {known}")
-        free = (summary.get("queue_info") or {}).get(ep.key, {}).get("free") or 0
-        return max(1, free or keys[ep.key])  # all busy: ask for every board and queue
+        n = require_key(ep.address, ep.key)
+        free = free_servers(tracker_summary(ep.address), ep.key)
+        return max(1, free or n)  # all busy: ask for every board and queue
 
     def close(self):
         self._stack.close()

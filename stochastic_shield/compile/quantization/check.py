@@ -6,7 +6,7 @@ import operator
 import torch
 
 from ...errors import ShieldError
-from ..importer import _layer_of
+from ..importer import layer_of
 
 _ANCHORS = {"aten.convolution.default", "aten.addmm.default", "aten.mm.default", "aten.linear.default"}
 # Operators with an int8 form once their input is int8 (batch norm after a conv is folded into it; other
@@ -43,7 +43,7 @@ def non_quantizable_layers(ep: torch.export.ExportedProgram) -> list[tuple[str, 
         if name in _ANCHORS or (fed and name in _INT8_OPS) or (fed and name == "getitem"):
             int8.add(node)
         elif fed:
-            bad.append((name, _layer_of(node)))
+            bad.append((name, layer_of(node)))
     return bad
 
 

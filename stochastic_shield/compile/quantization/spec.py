@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...defaults import OBSERVERS  # noqa: F401 - one list, shared with the CLI
 from ...errors import ShieldError
 
-OBSERVERS = ("minmax", "moving_average", "percentile")
 
 
 @dataclass(frozen=True)
