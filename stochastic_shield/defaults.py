@@ -12,7 +12,9 @@ SHIPPED_CHECKPOINT = "shipped"
 
 
 def checkpoint_label(checkpoint) -> str:
-    """CHECKPOINT as manifests and result files record it: its path, or SHIPPED_CHECKPOINT for None."""
+    """CHECKPOINT (a path, a compile.sources.ModelSource or None) as manifests and result files record it:
+    its path, or SHIPPED_CHECKPOINT for the shipped one."""
+    checkpoint = getattr(checkpoint, "path", checkpoint)  # a ModelSource: its file
     return SHIPPED_CHECKPOINT if checkpoint is None else str(checkpoint)
 
 

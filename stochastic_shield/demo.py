@@ -37,7 +37,7 @@ def run_demo(args: DemoArgs) -> dict:
     latency against T and robustness there, stop the board, and write REPORT.md beside the plots."""
     from .bench.latency import LatencyArgs, format_table, run_latency
     from .bench.robustness import RobustnessArgs, run_robustness
-    from .checkpoint import load_checkpoint
+    from .compile.sources import load_model
     from .compile.build import CompileArgs, compile_artifact
     from .compile.shield.config import parse_shield
     from .data import load_dataset
@@ -47,7 +47,7 @@ def run_demo(args: DemoArgs) -> dict:
 
     out = Path(args.out)
     t_start = time.perf_counter()
-    _, meta = load_checkpoint(args.checkpoint)
+    meta = load_model(args.checkpoint).meta
     config = parse_shield(args.shield)
     _step(f"model: {meta['arch']} on {meta['dataset']} (PyTorch fp32 test accuracy {meta['test_accuracy']:.2%}); "
           f"shield: {config}")

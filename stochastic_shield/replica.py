@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from .compile.quantization.layers import LayerVisitor
 from .compile.shield.dropout import dropout_keep_mask
 from .compile.shield.filters import torch_filter
+from .replica_float import run_float_op
 
 
 def _ste_round(x):
@@ -75,19 +76,7 @@ class Replica(torch.nn.Module, LayerVisitor):
 
     # ---------------------------------------------------------------- layers
     def visit_float(self, lay):
-        from tvm import relax
-
-        v, env = lay.binding.value, self._env
-        args = [env[a] if isinstance(a, relax.Var) else torch.from_numpy(a.value.numpy())
-                for a in v.args if not isinstance(a, relax.ShapeExpr)]
-        ops = {"relax.subtract": torch.sub, "relax.divide": torch.div, "relax.add": torch.add,
-               "relax.multiply": torch.mul, "relax.nn.relu": torch.relu}
-        if lay.op in ops:
-            env[lay.out] = ops[lay.op](*args)
-        elif lay.op == "relax.reshape":
-            env[lay.out] = args[0].reshape(args[0].shape[0], *[int(d) for d in list(lay.out.ty.shape)[1:]])
-        else:
-            raise NotImplementedError(f"the replica has no fp32 {lay.op}")
+        self._env[lay.out] = run_float_op(lay.op, lay.binding.value, self._env, lay.out)
 
     def visit_filter(self, lay):
         x, spec = self._env[lay.inputs[0]], lay.spec
@@ -185,3 +174,29 @@ class Replica(torch.nn.Module, LayerVisitor):
         else:
             keep = torch.from_numpy(dropout_keep_mask(shape[1:], T, self.seed, self.sample_offset, layer_id, p))
         return keep.repeat(rows // T, *([1] * (len(shape) - 1))).to(torch.float32)
+
+
+def float_plan(mod):
+    """A plan of an fp32 module whose every binding is an fp32 layer (for the replica)."""
+    from .compile.quantization.layers import FloatOp, QuantPlan
+
+    func = mod["main"]
+    layers = [FloatOp(out=b.var, inputs=(), binding=b) for b in func.body.blocks[0].bindings]
+    return QuantPlan(list(func.params), layers, func.body.body)
+
+
+def float_model(loaded):
+    """The fp32 model of a loaded source (compile/sources.py) as a differentiable images -> logits callable."""
+    from .compile.importer import import_source
+    from .compile.pipeline import optimize
+
+    src = loaded.source
+    if loaded.module is not None:
+        if src.mean is None:
+            return loaded.module
+        mean = torch.tensor(src.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(src.std, dtype=torch.float32).view(1, -1, 1, 1)
+        return lambda x: loaded.module((x - mean) / std)
+    mod, _ = import_source(loaded, loaded.fixed_batch or 1)
+    rep = Replica(float_plan(optimize(mod)))
+    return lambda x: rep(x)[:, 0]

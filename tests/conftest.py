@@ -41,7 +41,7 @@ def host_artifact(tmp_path_factory):
     from stochastic_shield.compile.build import CompileArgs, compile_artifact
 
     out = tmp_path_factory.mktemp("art") / "host-fp32"
-    compile_artifact(CompileArgs(None, "host", out, batch=8))
+    compile_artifact(CompileArgs(None, "host", out, batch=8, int8=False))
     return out
 
 
@@ -51,7 +51,7 @@ def rasp4_artifact(tmp_path_factory):
     from stochastic_shield.compile.build import CompileArgs, compile_artifact
 
     out = tmp_path_factory.mktemp("art") / "rasp4b64-fp32"
-    compile_artifact(CompileArgs(None, "rasp4b64", out, batch=8))
+    compile_artifact(CompileArgs(None, "rasp4b64", out, batch=8, int8=False))
     return out
 
 

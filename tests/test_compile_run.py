@@ -77,7 +77,7 @@ def test_failed_build_leaves_no_half_artifact(tmp_path, monkeypatch):
 
     monkeypatch.setattr(build_mod, "write_json", boom)
     with pytest.raises(KeyboardInterrupt):
-        compile_artifact(CompileArgs(None, "host", tmp_path / "art"))
+        compile_artifact(CompileArgs(None, "host", tmp_path / "art", int8=False))
     assert list(tmp_path.iterdir()) == []
 
 

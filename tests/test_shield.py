@@ -58,7 +58,7 @@ def test_dropout_sites_from_the_model_and_by_name(shipped):
 
 def test_shield_needs_int8(tmp_path):
     with pytest.raises(ShieldError, match="add --int8"):
-        prepare_module(CompileArgs(None, "host", tmp_path / "a", shield="filter=bits:4"))
+        prepare_module(CompileArgs(None, "host", tmp_path / "a", int8=False, shield="filter=bits:4"))
 
 
 def test_batched_T_pass_equals_T_single_passes_with_the_same_seeds(shielded, fashion_test):

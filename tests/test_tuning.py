@@ -121,8 +121,8 @@ def test_copied_database_is_found_and_applied_by_compile(host_db, tmp_path, monk
     with pytest.raises(ShieldError, match="not for rasp4b64"):
         D.resolve_database("rasp4b64", meta, "fp32", explicit=db)
 
-    tuned = compile_artifact(CompileArgs(None, "host", tmp_path / "tuned"), database_dir=found)
-    plain = compile_artifact(CompileArgs(None, "host", tmp_path / "plain", use_db=False))
+    tuned = compile_artifact(CompileArgs(None, "host", tmp_path / "tuned", int8=False), database_dir=found)
+    plain = compile_artifact(CompileArgs(None, "host", tmp_path / "plain", int8=False, use_db=False))
     assert tuned["tuning"] == {"database": str(found)}
     assert tuned["library_sha256"] != plain["library_sha256"]  # the tuned dense kernel is in the library
 

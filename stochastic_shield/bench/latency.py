@@ -39,6 +39,7 @@ def _baseline_for(art, workdir: Path) -> Path:
     """Compile the undefended int8 model of a shielded artifact (same checkpoint, target, batch, calibration,
     tuning database)."""
     from ..compile.build import CompileArgs, compile_artifact
+    from ..compile.sources import ModelSource
 
     m = art.manifest
     q = m.get("quantization") or {}
@@ -48,7 +49,9 @@ def _baseline_for(art, workdir: Path) -> Path:
         raise ShieldError(f"{art.path} was compiled with the tuning database {db}, which is not on this machine",
                           "pass --baseline with an undefended int8 artifact built with the same schedules")
     out = workdir / "baseline-int8"
-    compile_artifact(CompileArgs(checkpoint_from_label(m["model"]["checkpoint"]), m["target"]["name"], out,
+    source = m["model"].get("source")
+    model = ModelSource.from_manifest(source) if source else checkpoint_from_label(m["model"]["checkpoint"])
+    compile_artifact(CompileArgs(model, m["target"]["name"], out,
                                  batch=art.batch, int8=True, calib=q.get("calib_images", CALIB_IMAGES),
                                  observer=q.get("observer", OBSERVER), db=Path(db) if db else None,
                                  use_db=db is not None))

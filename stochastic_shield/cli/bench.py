@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..bench.robustness.grid import CONFIGS, DEFAULT_ATTACKS
 from ..bench.robustness.plan import RobustnessArgs
-from .common import add_json, add_rpc, comma_ints, comma_list, endpoint, ints_text, print_json
+from .common import add_json, add_model, add_rpc, comma_ints, comma_list, endpoint, ints_text, model_source, print_json
 
 
 def register(sub) -> None:
@@ -71,8 +71,9 @@ def add_robustness(bench) -> argparse.ArgumentParser:
                     "deployment's replica with EOT and BPDA: adaptive), classify them with the compiled artifacts "
                     "of fp32, int8, int8+filter, int8+dropout and int8+shield, and write JSON, PNG plots and a "
                     "Markdown report to -o DIR. Finished cells are kept; --resume skips them.")
-    p.add_argument("checkpoint", type=Path, nargs="?", help="checkpoint .pt (default: the shipped Fashion-MNIST CNN)")
-    p.add_argument("--dataset", help="fashion-mnist or cifar10 (default: the model's)")
+    add_model(p, data=False)
+    p.add_argument("--dataset", help="the images to attack: an image folder, an .npz, fashion-mnist or cifar10 "
+                                     "(default: the model's)")
     p.add_argument("--data-root", help="folder of the data set (test images and int8 calibration)")
     p.add_argument("--limit", type=int, default=d.limit, help=f"the first N test images (default {d.limit})")
     p.add_argument("--attacks", type=comma_list, default=DEFAULT_ATTACKS, metavar="LIST",
@@ -111,7 +112,7 @@ def add_robustness(bench) -> argparse.ArgumentParser:
 
 def robustness_args(ns: argparse.Namespace) -> RobustnessArgs:
     """The typed settings of parsed arguments."""
-    return RobustnessArgs(checkpoint=ns.checkpoint, dataset=ns.dataset, data_root=ns.data_root, limit=ns.limit,
+    return RobustnessArgs(checkpoint=model_source(ns), dataset=ns.dataset, data_root=ns.data_root, limit=ns.limit,
                           attacks=tuple(ns.attacks), eps=ns.eps, T=tuple(ns.T), filter=ns.filter, dropout=ns.dropout,
                           eot_samples=ns.eot_samples, configs=tuple(ns.configs), target=ns.target, rpc=ns.rpc,
                           key=ns.key, session_timeout=ns.session_timeout, out=ns.out, seed=ns.seed,

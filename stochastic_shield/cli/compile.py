@@ -4,21 +4,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..defaults import DEFAULT_SHIELD, TARGET
-from .common import add_json, add_quantization, print_json, to_json
+from .common import add_json, add_model, add_precision, add_quantization, model_source, print_json, to_json
 
 
 def register(sub) -> None:
     """Add 'compile' and 'targets' to the shield CLI's subparsers."""
-    p = sub.add_parser("compile", help="compile a checkpoint into a deployable artifact for a board",
-                       description="Import a checkpoint into TVM, compile it for a board and write DIR with "
-                                   "the library and manifest.json (atomically).")
-    p.add_argument("checkpoint", type=Path, nargs="?", help="checkpoint .pt (default: the shipped Fashion-MNIST CNN)")
+    p = sub.add_parser("compile", help="compile a model into a deployable artifact for a board",
+                       description="Import a model (checkpoint, .pt2, ONNX or factory + state_dict) into TVM, "
+                                   "quantize it to int8 (default), compile it for a board and write DIR with the "
+                                   "library and manifest.json (atomically).")
+    add_model(p)
     p.add_argument("--target", default=TARGET, help=f"board name, see 'shield targets' (default {TARGET})")
     p.add_argument("-o", "--out", type=Path, required=True, help="artifact folder to write")
     p.add_argument("--batch", type=int, default=1, help="static batch size of the artifact (default 1)")
-    add_quantization(p, int8=True)
+    add_precision(p)
+    add_quantization(p)
     p.add_argument("--shield", metavar="CONFIG",
-                   help=f"compile the defense in (needs --int8): 'default' ({DEFAULT_SHIELD}), "
+                   help=f"compile the defense in (int8 only): 'default' ({DEFAULT_SHIELD}), "
                         "'filter=median:3; dropout=model:0.1; T=1,8,32' or a .toml file; see the README")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--db", type=Path, metavar="DIR", help="apply tuned schedules from this database "
@@ -37,8 +39,9 @@ def compile_args(args):
     """The CompileArgs of parsed 'shield compile' arguments."""
     from ..compile.build import CompileArgs
 
-    return CompileArgs(args.checkpoint, args.target, args.out, args.batch, int8=args.int8, calib=args.calib,
-                       observer=args.observer, allow_fp32=args.allow_fp32, data_root=args.data_root,
+    return CompileArgs(model_source(args), args.target, args.out, args.batch, int8=args.precision == "int8",
+                       calib=args.calib, calib_data=args.calib_data, observer=args.observer,
+                       allow_fp32=args.allow_fp32, data_root=args.data_root,
                        progress=not args.json, shield=args.shield, db=args.db, use_db=not args.no_db)
 
 

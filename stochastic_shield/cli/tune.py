@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ShieldError
-from .common import add_json, add_quantization, print_json
+from .common import add_json, add_model, add_precision, add_quantization, model_source, print_json
 
 
 def register(subparsers) -> None:
@@ -20,14 +20,14 @@ def register(subparsers) -> None:
                     "parallel), and append the results to the model's schedule database. Rerunning the same "
                     "command continues: records already in the database count toward --trials. Ctrl-C stops "
                     "after the current round.")
-    p.add_argument("checkpoint", type=Path, nargs="?", help="checkpoint .pt (default: the shipped Fashion-MNIST CNN)")
+    add_model(p)
     p.add_argument("--target", default=d.target, help=f"board name, see 'shield targets' (default {d.target})")
     p.add_argument("--tracker", metavar="HOST:PORT",
                    help="RPC tracker of the boards (required except for --target host, measured on this machine)")
     p.add_argument("--key", help="tracker key of the boards (default: the board's rpc_key)")
     p.add_argument("--trials", type=int, default=d.trials, help="measured candidates for the whole model, "
                                                                f"including those already in the database (default {d.trials})")
-    p.add_argument("--fp32", action="store_true", help="tune the fp32 model (default: int8, as compile --int8)")
+    add_precision(p, "tune")
     p.add_argument("--db", type=Path, help="database folder (default: 'shield schedules path' of the model)")
     p.add_argument("--task", action="append", default=[], metavar="NAME",
                    help="tune only tasks whose name contains NAME (repeatable)")
@@ -66,9 +66,9 @@ def register(subparsers) -> None:
                    help="merge even if the databases were tuned for different targets")
     add_json(s)
     s = sub.add_parser("path", help="the database folder tune writes and compile applies for a model and board")
-    s.add_argument("checkpoint", type=Path, nargs="?", help="checkpoint .pt (default: the shipped model)")
+    add_model(s)
     s.add_argument("--target", default=d.target, help=f"board name (default {d.target})")
-    s.add_argument("--fp32", action="store_true", help="the fp32 model's database (default int8)")
+    add_precision(s, "locate the database of")
     add_json(s)
     s = sub.add_parser("repair", help="drop the lines of a database that do not parse (e.g. cut short by a kill)")
     s.add_argument("db", type=Path, help="database folder")
@@ -82,10 +82,11 @@ def tune_args(args):
     from ..schedules.tune import TuneArgs
 
     return TuneArgs(
-        checkpoint=args.checkpoint, target=args.target, tracker=args.tracker, key=args.key, trials=args.trials,
-        int8=not args.fp32, db=args.db, max_trials_per_task=args.max_trials_per_task,
+        checkpoint=model_source(args), target=args.target, tracker=args.tracker, key=args.key, trials=args.trials,
+        int8=args.precision == "int8", db=args.db, max_trials_per_task=args.max_trials_per_task,
         num_trials_per_iter=args.trials_per_round, tasks=tuple(args.task), batch=args.batch, calib=args.calib,
         observer=args.observer, allow_fp32=args.allow_fp32, data_root=args.data_root, shield=args.shield,
+        calib_data=args.calib_data,
         builder_timeout=args.builder_timeout, runner_workers=args.runner_workers,
         session_timeout=args.session_timeout, queue_timeout=args.queue_timeout, seed=args.seed,
         progress=not args.json)
@@ -122,7 +123,7 @@ def cmd_schedules(args) -> None:
     elif args.action == "path":
         from ..schedules.locate import locate_database
 
-        res = locate_database(args.checkpoint, args.target, "fp32" if args.fp32 else "int8")
+        res = locate_database(model_source(args), args.target, args.precision)
         if args.json:
             print_json(res)
         else:
@@ -158,7 +159,7 @@ def _print_tune(res: dict) -> None:
     print(f"{res['status']}: {res['trials_after']} of {res['budget']} trials in {res['database']} "
           f"({res['measured']} this run, {res['failed']} failed, {res['elapsed_s']:.0f} s)")
     if res["status"] in ("done", "budget reached"):
-        flag = " --int8" if res["precision"] == "int8" else ""
+        flag = " --fp32" if res["precision"] == "fp32" else ""
         print(f"apply it: shield compile --target {res['target']}{flag} --db {res['database']} -o DIR")
 
 

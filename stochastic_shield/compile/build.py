@@ -1,4 +1,4 @@
-"""`shield compile`: checkpoint in, deployable artifact (library + manifest) out, written atomically."""
+"""`shield compile`: a model in (any form of sources.py), deployable artifact (library + manifest) out, atomically."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._atomic import atomic_dir, write_json
-from ..checkpoint import load_checkpoint
 from ..defaults import CALIB_IMAGES, OBSERVER, TARGET, checkpoint_label
 from ..errors import ShieldError
 from ..targets import get_board
@@ -22,12 +21,12 @@ FORMAT_VERSION = 1
 class CompileArgs:
     """Settings of one compilation."""
 
-    checkpoint: Path | None
+    checkpoint: object              # the model: a path (.pt + sidecar, .pt2, .onnx), a sources.ModelSource, None: shipped
     target: str = TARGET
     out: Path = Path("artifact")
     batch: int = 1
-    int8: bool = False
-    calib: int = CALIB_IMAGES       # calibration images from the training set
+    int8: bool = True               # False: the fp32 model
+    calib: int = CALIB_IMAGES       # calibration images from the training set (or the user's data)
     observer: str = OBSERVER
     allow_fp32: bool = False        # int8: run layers without an int8 form in fp32 instead of failing
     data_root: str | None = None    # where the calibration data set lives (default: its usual place)
@@ -35,6 +34,7 @@ class CompileArgs:
     shield: object = None           # a ShieldConfig, a compact string or a .toml path (needs int8)
     db: Path | None = None          # tuning database to apply (None: the model's own for this board, if tuned)
     use_db: bool = True             # False: untuned default schedules, whatever databases exist
+    calib_data: str | None = None   # calibration images: a data set name, image folder or .npz (default: the model's)
 
 
 def _sha256(path: Path) -> str:
@@ -45,13 +45,19 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def calibration_images(dataset: str, count: int, data_root=None, seed: int = 0):
-    """COUNT training images drawn without replacement with a fixed seed, as float32 in [0, 1]."""
+def calibration_images(dataset: str, count: int, data_root=None, seed: int = 0, input_shape=None):
+    """COUNT training images (of a built-in data set; else the user's image folder or .npz) drawn without
+    replacement with a fixed seed, as float32 in [0, 1]; checked against the model's INPUT_SHAPE if given."""
     import numpy as np
 
-    from ..data import load_dataset
+    from ..user_data import check_for_model, load_data
 
-    train = load_dataset(dataset, "train", data_root)
+    if dataset is None:
+        raise ShieldError("int8 calibration needs images and the model names no data set",
+                          "pass --data (or --calib-data) DIR|FILE.npz|fashion-mnist|cifar10")
+    train = load_data(dataset, "train", data_root)
+    if input_shape is not None:
+        check_for_model(train, input_shape)
     idx = np.sort(np.random.default_rng(seed).choice(len(train), min(count, len(train)), replace=False))
     return train.images[idx].astype(np.float32) / 255.0
 
@@ -72,41 +78,40 @@ class Prepared:
 
 def prepare_module(args: CompileArgs) -> Prepared:
     """Import, optimize and (with --int8) quantize a checkpoint: the module that 'compile' and 'tune' both build."""
-    from .importer import import_model
+    from .importer import import_source
     from .pipeline import expand_monte_carlo, optimize, quantize
     from .quantization import QuantSpec
     from .quantization.check import check_quantizable
     from .shield.config import ShieldConfig, parse_shield
     from .shield.insert_filter import InsertInputFilter
-    from .shield.torch_dropout import CUSTOM_CONVERT_MAP, insert_mc_dropout
+    from .sources import load_model, with_classes
 
     board = get_board(args.target)  # fail early on an unknown target
     board.tvm_target()
     if args.batch < 1:
         raise ShieldError(f"batch must be at least 1, got {args.batch}")
-    model, meta = load_checkpoint(args.checkpoint)
+    loaded = load_model(args.checkpoint)
+    meta = loaded.meta
     shape = [args.batch, *meta["input_shape"][1:]]
 
     config = args.shield if isinstance(args.shield, ShieldConfig) or args.shield is None else parse_shield(args.shield)
     shield = None
-    convert_map = None
+    if config is not None and not args.int8:
+        raise ShieldError("the shield is compiled into int8 models", "add --int8 (the default; drop --fp32)")
+    mod, sites = import_source(loaded, args.batch, config)
+    with_classes(loaded, int(mod["main"].ret_ty.shape[-1]))
     if config is not None:
-        if not args.int8:
-            raise ShieldError("the shield is compiled into int8 models", "add --int8")
-        model, sites = insert_mc_dropout(model, config)
-        convert_map = CUSTOM_CONVERT_MAP
         shield = dict(config.describe(), sites=sites, stochastic=bool(sites))
-    mod = import_model(model, shape, convert_map)
-    if config is not None:
         mod = InsertInputFilter(config.filters)(mod)
     mod = optimize(mod)
     quantization = plan = None
     if args.int8:
         spec = QuantSpec(observer=args.observer, calib_images=args.calib, allow_fp32=args.allow_fp32)
-        if not spec.allow_fp32:
-            check_quantizable(model, shape)
-        mod, plan = quantize(mod, calibration_images(meta["dataset"], spec.calib_images, args.data_root), spec,
-                             progress=args.progress)
+        if not spec.allow_fp32 and loaded.module is not None:  # name the PyTorch layer (ONNX: the planner's error)
+            check_quantizable(loaded.module, shape)
+        calib = calibration_images(args.calib_data or meta["dataset"], spec.calib_images, args.data_root,
+                                   input_shape=shape)
+        mod, plan = quantize(mod, calib, spec, progress=args.progress)
         quantization = dict(spec.describe(), **plan.describe())
         if config is not None:
             mod = expand_monte_carlo(mod, config.T)
@@ -178,7 +183,8 @@ def compile_artifact(args: CompileArgs, database_dir=_RESOLVE) -> dict:
             "normalisation": meta.get("normalisation"),
             "classes": meta["classes"],
             "model": {"arch": meta["arch"], "dataset": meta["dataset"], "checkpoint": checkpoint_label(args.checkpoint),
-                      "weights_sha256": meta["weights_sha256"], "fp32_test_accuracy": meta.get("test_accuracy")},
+                      "weights_sha256": meta["weights_sha256"], "fp32_test_accuracy": meta.get("test_accuracy"),
+                      "source": meta.get("source")},
             "target": {"name": board.name, "tvm": board.target, "cross_compiler": board.cross_compiler,
                        "rpc_key": board.rpc_key},
             "precision": "int8" if args.int8 else "fp32",

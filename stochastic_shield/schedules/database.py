@@ -58,10 +58,16 @@ def shipped_database_dir(target: str, meta: dict, precision: str) -> Path:
     return SHIPPED_DIR / database_name(target, meta, precision)
 
 
-def model_meta(checkpoint: str | os.PathLike | None = None) -> dict:
-    """The sidecar of CHECKPOINT (default: the shipped model), read without loading the weights."""
+def model_meta(checkpoint=None) -> dict:
+    """What a model is: the sidecar of a checkpoint (default: the shipped model), read without loading the
+    weights; for the other forms of compile/sources.py (.pt2, ONNX, factory) the loaded model's description."""
     from ..checkpoint import DEFAULT_CHECKPOINT, sidecar_path
+    from ..compile.sources import ModelSource, load_model
 
+    source = ModelSource.coerce(checkpoint)
+    if source.form != "checkpoint":
+        return load_model(source).meta
+    checkpoint = source.path
     side = sidecar_path(checkpoint if checkpoint is not None else DEFAULT_CHECKPOINT)
     try:
         return json.loads(side.read_text())

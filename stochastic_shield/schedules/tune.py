@@ -60,6 +60,7 @@ class TuneArgs:
     observer: str = "minmax"
     allow_fp32: bool = False
     data_root: str | None = None
+    calib_data: str | None = None      # as CompileArgs: calibration images (default: the model's data)
     builder_workers: int = 2
     builder_timeout: float = 120.0     # seconds per candidate build (30 s times out on a busy 2-core host)
     runner_workers: int | None = None  # parallel measurements; None: servers under the key (1 locally)
@@ -121,7 +122,8 @@ def tune(args: TuneArgs) -> dict:
         dbm.check_target(db_dir, board.name)
     prep = prepare_module(CompileArgs(args.checkpoint, args.target, batch=args.batch, int8=args.int8,
                                       calib=args.calib, observer=args.observer, allow_fp32=args.allow_fp32,
-                                      data_root=args.data_root, progress=args.progress, shield=args.shield))
+                                      data_root=args.data_root, progress=args.progress, shield=args.shield,
+                                      calib_data=args.calib_data))
 
     target = board.tvm_target()
     tasks = extract_tasks(lower(prep.mod, target), target, args.tasks)

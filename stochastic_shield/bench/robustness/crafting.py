@@ -30,10 +30,10 @@ class Models:
     """
 
     def __init__(self, p: Plan, compile_args):
-        from ...checkpoint import load_checkpoint
+        from ...replica import float_model
 
         self.p = p
-        self.fp32, _ = load_checkpoint(p.args.checkpoint)
+        self.fp32 = float_model(p.loaded)
         self._compile_args = compile_args
         self._models = {}
 

@@ -54,6 +54,7 @@ class Plan:
     shield: object = None                   # the whole shield (ShieldConfig) the configurations take parts of
     endpoint: object = None
     rows: list = field(default_factory=list)
+    loaded: object = None                   # the model (compile/sources.py LoadedModel)
 
     def say(self, msg: str) -> None:
         """A progress line above the progress bars (only with args.progress)."""
@@ -65,17 +66,22 @@ class Plan:
 
 def check_args(args: RobustnessArgs) -> Plan:
     """Validate ARGS (one ShieldError per rule) and load the model's sidecar and the test images."""
-    from ...checkpoint import load_checkpoint
     from ...compile.shield.config import parse_shield
-    from ...data import load_dataset
+    from ...compile.sources import load_model
     from ...runtime_py.session import Endpoint
+    from ...user_data import align_classes, check_for_model, load_data
 
-    _, meta = load_checkpoint(args.checkpoint)
+    loaded = load_model(args.checkpoint)
+    meta = loaded.meta
     dataset = args.dataset or meta["dataset"]
-    split = load_dataset(dataset, "test", args.data_root)
+    if dataset is None:
+        raise ShieldError("the model names no data set to attack", "pass --dataset DIR|FILE.npz|fashion-mnist")
+    split = load_data(dataset, "test", args.data_root)
     if list(split.info.shape) != list(meta["input_shape"][1:]):
         raise ShieldError(f"data set {dataset} has images {split.info.shape}, the model takes "
                           f"{tuple(meta['input_shape'][1:])}", f"use the model's data set ({meta['dataset']})")
+    if "classes" in meta:
+        split = check_for_model(align_classes(split, meta["classes"]), meta["input_shape"], len(meta["classes"]))
     if args.limit is not None and args.limit < 1:
         raise ShieldError(f"limit must be at least 1, got {args.limit}")
     split = split.subset(args.limit)
@@ -104,6 +110,6 @@ def check_args(args: RobustnessArgs) -> Plan:
         raise ShieldError("--key needs --rpc", "give the tracker as --rpc HOST:PORT")
     endpoint = Endpoint(args.rpc, args.key, session_timeout=args.session_timeout)
     plan = Plan(args, meta, split, attacks, eps, highlight if highlight in eps else None, Ts, configs,
-                Path(args.out), shield, endpoint)
+                Path(args.out), shield, endpoint, loaded=loaded)
     plan.rows = [(c, row, t) for c in configs for row, t in c.rows(Ts)]
     return plan
