@@ -147,7 +147,16 @@ _RESOLVE = object()  # compile_artifact's database_dir when not given: tuning_da
 
 
 def compile_artifact(args: CompileArgs, database_dir=_RESOLVE) -> dict:
-    """Import, compile and export a checkpoint for a board; returns the manifest written beside the library.
+    """Import, compile and export a model for a board; returns the manifest written beside the library.
+
+    See :func:`compile_with_plan`, which also returns the Prepared module (its plan and config).
+    """
+    return compile_with_plan(args, database_dir)[0]
+
+
+def compile_with_plan(args: CompileArgs, database_dir=_RESOLVE) -> tuple[dict, Prepared]:
+    """Import, compile and export a model for a board: (the manifest written beside the library, the Prepared
+    module with its quantization plan, for the numpy reference and the PyTorch replica).
 
     The tuned schedules of the model's database are applied as ``shield compile`` applies them
     (see :func:`tuning_database`; ``args.db`` names another database, ``args.use_db=False`` builds
@@ -197,4 +206,4 @@ def compile_artifact(args: CompileArgs, database_dir=_RESOLVE) -> dict:
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         write_json(tmp / MANIFEST, manifest)
-    return manifest
+    return manifest, prep

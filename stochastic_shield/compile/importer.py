@@ -32,7 +32,10 @@ def unsupported_ops(ep: torch.export.ExportedProgram, custom_convert_map: dict |
 
 def export_model(model: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
     """torch.export + core-ATen decomposition of MODEL in eval mode."""
-    model.eval()
+    try:
+        model.eval()
+    except NotImplementedError:  # the module of a loaded .pt2 program is inference-only already
+        pass
     try:
         ep = torch.export.export(model, (example,))
         return ep.run_decompositions()

@@ -43,15 +43,25 @@ class Predictions:
         return {"where": self.where, "T": self.T, "seed": self.seed, "predictions": self.rows}
 
 
+def test_split(art: Artifact, dataset: str | None, data_root=None):
+    """The images to run ART on: a built-in data set's test split, or the user's image folder or .npz,
+    checked against the artifact's input and classes (folders named like its classes matched by name)."""
+    from ..user_data import align_classes, check_for_model, load_data
+
+    name = dataset or art.manifest["model"]["dataset"]
+    if name is None:
+        raise ShieldError("the artifact's model names no data set", "pass --dataset DIR|FILE.npz|fashion-mnist")
+    split = load_data(name, "test", data_root)
+    return check_for_model(align_classes(split, art.classes), art.input_shape, len(art.classes))
+
+
 def input_images(art: Artifact, args: RunArgs) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """(images, true labels or None, names) of ARGS: the image files, else a slice of the test set."""
-    from ..data import load_dataset
-
     if args.images:
         from .runner import load_images
 
         return load_images(args.images, art.input_shape[1:]), None, [str(p) for p in args.images]
-    split = load_dataset(args.dataset or art.manifest["model"]["dataset"], "test", args.data_root)
+    split = test_split(art, args.dataset, args.data_root)
     if not 0 <= args.index < len(split):
         raise ShieldError(f"--index {args.index} is outside the test set (0..{len(split) - 1})")
     stop = min(args.index + args.count, len(split))
@@ -100,11 +110,10 @@ def evaluate_artifact(args: EvalArgs) -> dict:
     Returns accuracy, correct, images, T (1 for a deterministic artifact), seed, dataset, where
     and artifact.
     """
-    from ..data import load_dataset
     from .runner import Deployment, evaluate
 
     art = load_artifact(args.artifact)
-    split = load_dataset(args.dataset or art.manifest["model"]["dataset"], "test", args.data_root).subset(args.limit)
+    split = test_split(art, args.dataset, args.data_root).subset(args.limit)
     with Deployment(art, args.endpoint) as dep:
         res = evaluate(dep, split, progress=args.progress, T=args.T, seed=args.seed)
     res.pop("predictions")
