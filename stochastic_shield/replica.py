@@ -197,6 +197,6 @@ def float_model(loaded):
         mean = torch.tensor(src.mean, dtype=torch.float32).view(1, -1, 1, 1)
         std = torch.tensor(src.std, dtype=torch.float32).view(1, -1, 1, 1)
         return lambda x: loaded.module((x - mean) / std)
-    mod, _ = import_source(loaded, loaded.fixed_batch or 1)
+    mod, _, _ = import_source(loaded, loaded.fixed_batch or 1)
     rep = Replica(float_plan(optimize(mod)))
     return lambda x: rep(x)[:, 0]

@@ -165,3 +165,35 @@ def test_expand_monte_carlo_without_markers_is_a_no_op():
 def test_expand_monte_carlo_rejects_bad_t():
     with pytest.raises(ValueError, match="positive"):
         ExpandMonteCarlo((0, 4))
+
+
+# ---------------------------------------------------------------- FoldConstantsNumpy
+def test_fold_constants_numpy_evaluates_constant_chains():
+    from stochastic_shield.compile.fold_constants import FoldConstantsNumpy
+
+    var = np.array([0.5, 2.0, 4.0], np.float32)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 3, 2, 2), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            eps = bb.emit(relax.op.add(relax.const(var), relax.const(1e-5, "float32")))  # BN's var + eps
+            root = bb.emit(relax.op.sqrt(eps))
+            scale = bb.emit(relax.op.reshape(root, (1, 3, 1, 1)))
+            y = bb.emit_output(relax.op.multiply(x, scale))
+        bb.emit_func_output(y)
+    after = FoldConstantsNumpy()(bb.get())
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 3, 2, 2), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            folded = np.sqrt(var + np.float32(1e-5)).reshape(1, 3, 1, 1)
+            y = bb.emit_output(relax.op.multiply(x, relax.const(folded)))
+        bb.emit_func_output(y)
+    tvm.ir.assert_structural_equal(after, bb.get())
+
+
+def test_fold_constants_numpy_without_constant_calls_is_a_no_op():
+    from stochastic_shield.compile.fold_constants import FoldConstantsNumpy
+
+    tvm.ir.assert_structural_equal(FoldConstantsNumpy()(Scale), Scale)

@@ -98,7 +98,7 @@ def prepare_module(args: CompileArgs) -> Prepared:
     shield = None
     if config is not None and not args.int8:
         raise ShieldError("the shield is compiled into int8 models", "add --int8 (the default; drop --fp32)")
-    mod, sites = import_source(loaded, args.batch, config)
+    mod, sites, program = import_source(loaded, args.batch, config)
     with_classes(loaded, int(mod["main"].ret_ty.shape[-1]))
     if config is not None:
         shield = dict(config.describe(), sites=sites, stochastic=bool(sites))
@@ -107,8 +107,8 @@ def prepare_module(args: CompileArgs) -> Prepared:
     quantization = plan = None
     if args.int8:
         spec = QuantSpec(observer=args.observer, calib_images=args.calib, allow_fp32=args.allow_fp32)
-        if not spec.allow_fp32 and loaded.module is not None:  # name the PyTorch layer (ONNX: the planner's error)
-            check_quantizable(loaded.module, shape)
+        if not spec.allow_fp32 and program is not None:  # name the PyTorch layer (ONNX: the planner's error)
+            check_quantizable(program, shape)
         calib = calibration_images(args.calib_data or meta["dataset"], spec.calib_images, args.data_root,
                                    input_shape=shape)
         mod, plan = quantize(mod, calib, spec, progress=args.progress)

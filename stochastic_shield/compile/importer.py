@@ -45,8 +45,12 @@ def export_model(model: torch.nn.Module, example: torch.Tensor) -> torch.export.
                           "the model's forward() must be traceable by torch.export (no data-dependent control flow)") from None
 
 
-def import_model(model: torch.nn.Module, input_shape, custom_convert_map: dict[str, Callable] | None = None):
-    """Import a PyTorch model into a Relax IRModule whose 'main' takes one float32 tensor of INPUT_SHAPE."""
+def import_model(model: torch.nn.Module, input_shape, custom_convert_map: dict[str, Callable] | None = None,
+                 with_program: bool = False):
+    """Import a PyTorch model into a Relax IRModule whose 'main' takes one float32 tensor of INPUT_SHAPE.
+
+    With WITH_PROGRAM, returns (module, the torch.export program it came from).
+    """
     from tvm.relax.frontend.torch import from_exported_program
 
     ep = export_model(model, torch.zeros(tuple(input_shape), dtype=torch.float32))
@@ -57,17 +61,18 @@ def import_model(model: torch.nn.Module, input_shape, custom_convert_map: dict[s
         raise ShieldError(f"operator {op} in layer {layer} is not supported by TVM's PyTorch importer{more}",
                           "replace that layer or register a converter in custom_convert_map")
     try:
-        return from_exported_program(ep, keep_params_as_input=False, unwrap_unit_return_tuple=True,
-                                     custom_convert_map=custom_convert_map, run_ep_decomposition=False)
+        mod = from_exported_program(ep, keep_params_as_input=False, unwrap_unit_return_tuple=True,
+                                    custom_convert_map=custom_convert_map, run_ep_decomposition=False)
     except Exception as e:  # noqa: BLE001 - converter failures surface as many exception types
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ShieldError(f"TVM could not import the model: {first}") from None
+    return (mod, ep) if with_program else mod
 
 
 def import_source(loaded, batch: int, config=None) -> tuple:
     """Relax module of a loaded model (sources.LoadedModel) at static BATCH, with the shield's dropout sites.
 
-    Returns (module, dropout sites). Dropout sites are placed on the eager module (checkpoint,
+    Returns (module, dropout sites, the torch.export program or None for ONNX). Dropout sites are placed on the eager module (checkpoint,
     factory), on the program's graph (.pt2) or on the ONNX graph; a model that does not normalise
     its input gets (x - mean) / std compiled in front.
     """
@@ -81,6 +86,7 @@ def import_source(loaded, batch: int, config=None) -> tuple:
         raise ShieldError(f"{loaded.source.path} was exported for batch {loaded.fixed_batch} only, not {batch}",
                           f"export it with a dynamic batch dimension, or use --batch {loaded.fixed_batch}")
     sites: list = []
+    program = None
     if loaded.form == "onnx":
         from .onnx_import import import_onnx
 
@@ -94,6 +100,6 @@ def import_source(loaded, batch: int, config=None) -> tuple:
                 model, sites = insert_graph_dropout(copy.deepcopy(model), config)
             else:
                 model, sites = insert_mc_dropout(model, config)
-        mod = import_model(model, shape, CUSTOM_CONVERT_MAP)
+        mod, program = import_model(model, shape, CUSTOM_CONVERT_MAP, with_program=True)
     src = loaded.source
-    return NormalizeInput(src.mean, src.std)(mod), sites
+    return NormalizeInput(src.mean, src.std)(mod), sites, program

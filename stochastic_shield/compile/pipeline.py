@@ -9,12 +9,15 @@ def optimize(mod: tvm.IRModule) -> tvm.IRModule:
     """Graph-level clean-up on the imported module, before any rewriting of ours."""
     from tvm.relax.transform.fold_batch_norm_to_conv2d_for_inference import FoldBatchnormToConv2D
 
+    from .fold_constants import FoldConstantsNumpy
+
     return tvm.transform.Sequential([
         relax.transform.CanonicalizeBindings(),  # max_pool's (values, indices)[0] -> values
         relax.transform.DeadCodeElimination(),   # drops the unused max-pool index tensors
         FoldBatchnormToConv2D(),                 # inference batch norm becomes conv weight and bias
         relax.transform.DecomposeOpsForInference(),  # a batch norm no conv absorbs: per-channel arithmetic
-        relax.transform.FoldConstant(),          # folds weight transposes, bias reshapes, BN arithmetic
+        FoldConstantsNumpy(),                    # weight transposes, bias reshapes, BN arithmetic, in numpy
+        relax.transform.FoldConstant(),          # whatever numpy did not fold (compiles each kernel: slow)
         relax.transform.CanonicalizeBindings(),
         relax.transform.DeadCodeElimination(),
     ])(mod)

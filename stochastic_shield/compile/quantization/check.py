@@ -47,11 +47,15 @@ def non_quantizable_layers(ep: torch.export.ExportedProgram) -> list[tuple[str, 
     return bad
 
 
-def check_quantizable(model: torch.nn.Module, input_shape) -> None:
-    """Raise a one-line error naming the first layer that cannot run in int8."""
+def check_quantizable(model, input_shape) -> None:
+    """Raise a one-line error naming the first layer that cannot run in int8.
+
+    MODEL is an nn.Module (exported here) or the torch.export program the import already made.
+    """
     from ..importer import export_model
 
-    bad = non_quantizable_layers(export_model(model, torch.zeros(tuple(input_shape))))
+    ep = model if isinstance(model, torch.export.ExportedProgram) else export_model(model, torch.zeros(tuple(input_shape)))
+    bad = non_quantizable_layers(ep)
     if bad:
         op, layer = bad[0]
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""

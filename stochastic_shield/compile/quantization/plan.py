@@ -153,7 +153,10 @@ class _Planner(RuleMixin):
         bias_q = np.zeros(len(sw), np.int64) if bias is None else np.rint(bias / acc_scale).astype(np.int64)
         bias_q = bias_q - qx.zero_point * wsum                        # conv(x - zx, w) = conv(x, w) - zx * sum(w)
         if np.abs(bias_q).max(initial=0) >= 2 ** 31:
-            raise ShieldError(f"bias of {_op_name(b.value)} {b.var.name} overflows int32 after quantization")
+            lo, hi = self.ranges.get(b.value.args[0], (float("nan"), float("nan")))
+            raise ShieldError(f"bias of {_op_name(b.value)} {b.var.name} overflows int32 after quantization: its input "
+                              f"ranged only over [{lo:.3g}, {hi:.3g}] on the calibration images",
+                              "calibrate with real images of the model's data (--calib-data, --calib)")
         fields = {"x": qx, "w_scale": np.asarray(sw, np.float64), "bias": bias_q.astype(np.int32),
                   "relu": act == (0.0, float("inf"))}
         self.n_quantized += 1
