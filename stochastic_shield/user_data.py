@@ -10,6 +10,7 @@ mixed image sizes, empty class folders, unreadable files, labels out of range, a
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -102,8 +103,21 @@ def load_npz(path: str | os.PathLike) -> Split:
 
 
 def load_user_data(source) -> Split:
-    """An image folder or an .npz file."""
-    return load_image_folder(source) if Path(source).is_dir() else load_npz(source)
+    """An image folder or an .npz file (read once per process while the file or folder is unchanged)."""
+    path = Path(source).resolve()
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        stamp = None
+    return _load_cached(path, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(path: Path, stamp) -> Split:
+    """Compiling several artifacts calibrates on the same folder: decode its images once."""
+    split = load_image_folder(path) if path.is_dir() else load_npz(path)
+    split.images.setflags(write=False)  # shared between callers
+    return split
 
 
 def check_for_model(split: Split, input_shape, num_classes: int | None = None) -> Split:
