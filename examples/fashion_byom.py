@@ -23,7 +23,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from examples.zoo import _conv_bn, _InvertedResidual  # noqa: E402
+from examples.zoo import conv_bn, InvertedResidual  # noqa: E402
 
 MEAN, STD = 0.286, 0.353   # Fashion-MNIST's pixel statistics
 FACTORY = "examples.fashion_byom:fashion_mobilenet"
@@ -35,9 +35,9 @@ class FashionMobileNet(nn.Module):
     def __init__(self, num_classes: int = 10):
         super().__init__()
         self.features = nn.Sequential(
-            _conv_bn(1, 16, 3, 1, act=nn.ReLU6), _InvertedResidual(16, 16, 1, 1), _InvertedResidual(16, 24, 2, 4),
-            _InvertedResidual(24, 24, 1, 4), _InvertedResidual(24, 32, 2, 4), _InvertedResidual(32, 32, 1, 4),
-            _conv_bn(32, 96, 1, act=nn.ReLU6))
+            conv_bn(1, 16, 3, 1, act=nn.ReLU6), InvertedResidual(16, 16, 1, 1), InvertedResidual(16, 24, 2, 4),
+            InvertedResidual(24, 24, 1, 4), InvertedResidual(24, 32, 2, 4), InvertedResidual(32, 32, 1, 4),
+            conv_bn(32, 96, 1, act=nn.ReLU6))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.drop = nn.Dropout(0.2)
         self.fc = nn.Linear(96, num_classes)

@@ -12,13 +12,13 @@ import torch
 from torch import nn
 
 
-def _make_divisible(v: float, divisor: int = 8) -> int:
+def make_divisible(v: float, divisor: int = 8) -> int:
     """Channel counts rounded to a multiple of 8 (as in the MobileNet papers' code)."""
     new = max(divisor, int(v + divisor / 2) // divisor * divisor)
     return new + divisor if new < 0.9 * v else new
 
 
-def _conv_bn(cin, cout, k=3, stride=1, groups=1, act=nn.ReLU):
+def conv_bn(cin, cout, k=3, stride=1, groups=1, act=nn.ReLU):
     layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
     return nn.Sequential(*layers, act()) if act is not None else nn.Sequential(*layers)
 
@@ -28,10 +28,10 @@ class ResNet8(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10):
         super().__init__()
-        self.stem = _conv_bn(in_channels, 16)
+        self.stem = conv_bn(in_channels, 16)
         blocks, cin = [], 16
         for cout, stride in ((16, 1), (32, 2), (64, 2)):
-            blocks.append(_Residual(cin, cout, stride))
+            blocks.append(Residual(cin, cout, stride))
             cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -41,11 +41,11 @@ class ResNet8(nn.Module):
         return self.fc(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
 
 
-class _Residual(nn.Module):
+class Residual(nn.Module):
     def __init__(self, cin, cout, stride):
         super().__init__()
-        self.body = nn.Sequential(_conv_bn(cin, cout, 3, stride), _conv_bn(cout, cout, 3, act=None))
-        self.shortcut = _conv_bn(cin, cout, 1, stride, act=None) if stride != 1 or cin != cout else nn.Identity()
+        self.body = nn.Sequential(conv_bn(cin, cout, 3, stride), conv_bn(cout, cout, 3, act=None))
+        self.shortcut = conv_bn(cin, cout, 1, stride, act=None) if stride != 1 or cin != cout else nn.Identity()
         self.relu = nn.ReLU()
 
     def forward(self, x):
@@ -59,7 +59,7 @@ class DSCNN(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, (10, 4), 2, (5, 1), bias=False),
                                   nn.BatchNorm2d(width), nn.ReLU())
-        self.blocks = nn.Sequential(*[nn.Sequential(_conv_bn(width, width, 3, groups=width), _conv_bn(width, width, 1))
+        self.blocks = nn.Sequential(*[nn.Sequential(conv_bn(width, width, 3, groups=width), conv_bn(width, width, 1))
                                       for _ in range(4)])
         self.drop = nn.Dropout(0.2)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -76,11 +76,11 @@ class MobileNetV1(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 2, width: float = 0.25):
         super().__init__()
-        c = _make_divisible(32 * width)
-        layers = [_conv_bn(in_channels, c, 3, 2)]
+        c = make_divisible(32 * width)
+        layers = [conv_bn(in_channels, c, 3, 2)]
         for cout, stride in self.PLAN:
-            cout = _make_divisible(cout * width)
-            layers += [_conv_bn(c, c, 3, stride, groups=c), _conv_bn(c, cout, 1)]
+            cout = make_divisible(cout * width)
+            layers += [conv_bn(c, c, 3, stride, groups=c), conv_bn(c, cout, 1)]
             c = cout
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -90,15 +90,15 @@ class MobileNetV1(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
-class _InvertedResidual(nn.Module):
+class InvertedResidual(nn.Module):
     def __init__(self, cin, cout, stride, expand, act=nn.ReLU6, se=False):
         super().__init__()
-        hidden = cin if expand == 1 else _make_divisible(cin * expand)
-        layers = [] if expand == 1 else [_conv_bn(cin, hidden, 1, act=act)]
-        layers.append(_conv_bn(hidden, hidden, 3, stride, groups=hidden, act=act))
+        hidden = cin if expand == 1 else make_divisible(cin * expand)
+        layers = [] if expand == 1 else [conv_bn(cin, hidden, 1, act=act)]
+        layers.append(conv_bn(hidden, hidden, 3, stride, groups=hidden, act=act))
         if se:
-            layers.append(_SqueezeExcite(hidden))
-        layers.append(_conv_bn(hidden, cout, 1, act=None))
+            layers.append(SqueezeExcite(hidden))
+        layers.append(conv_bn(hidden, cout, 1, act=None))
         self.body = nn.Sequential(*layers)
         self.residual = stride == 1 and cin == cout
 
@@ -106,12 +106,12 @@ class _InvertedResidual(nn.Module):
         return x + self.body(x) if self.residual else self.body(x)
 
 
-class _SqueezeExcite(nn.Module):
+class SqueezeExcite(nn.Module):
     """x * hardsigmoid(fc(relu(fc(mean(x))))) (Hu et al. 2018, as in MobileNetV3)."""
 
     def __init__(self, c):
         super().__init__()
-        squeeze = _make_divisible(c / 4)
+        squeeze = make_divisible(c / 4)
         self.fc1, self.fc2 = nn.Conv2d(c, squeeze, 1), nn.Conv2d(squeeze, c, 1)
 
     def forward(self, x):
@@ -127,15 +127,15 @@ class MobileNetV2(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, width: float = 0.35):
         super().__init__()
-        c = _make_divisible(32 * width)
-        layers = [_conv_bn(in_channels, c, 3, 2, act=nn.ReLU6)]
+        c = make_divisible(32 * width)
+        layers = [conv_bn(in_channels, c, 3, 2, act=nn.ReLU6)]
         for t, cout, n, s in self.PLAN:
-            cout = _make_divisible(cout * width)
+            cout = make_divisible(cout * width)
             for i in range(n):
-                layers.append(_InvertedResidual(c, cout, s if i == 0 else 1, t))
+                layers.append(InvertedResidual(c, cout, s if i == 0 else 1, t))
                 c = cout
-        last = _make_divisible(1280 * max(1.0, width))
-        layers.append(_conv_bn(c, last, 1, act=nn.ReLU6))
+        last = make_divisible(1280 * max(1.0, width))
+        layers.append(conv_bn(c, last, 1, act=nn.ReLU6))
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.drop = nn.Dropout(0.2)
@@ -154,13 +154,13 @@ class MobileNetV3Small(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, width: float = 1.0):
         super().__init__()
-        c = _make_divisible(16 * width)
-        layers = [_conv_bn(in_channels, c, 3, 2, act=nn.Hardswish)]
+        c = make_divisible(16 * width)
+        layers = [conv_bn(in_channels, c, 3, 2, act=nn.Hardswish)]
         for expand, cout, se, act, stride in self.PLAN:
-            cout = _make_divisible(cout * width)
-            layers.append(_InvertedResidual(c, cout, stride, expand, act=act, se=se))
+            cout = make_divisible(cout * width)
+            layers.append(InvertedResidual(c, cout, stride, expand, act=act, se=se))
             c = cout
-        layers.append(_conv_bn(c, 6 * c, 1, act=nn.Hardswish))
+        layers.append(conv_bn(c, 6 * c, 1, act=nn.Hardswish))
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Sequential(nn.Linear(6 * c, 256), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(256, num_classes))
