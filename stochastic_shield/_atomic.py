@@ -1,7 +1,8 @@
-"""Atomic file and directory writes: never leave a half-written artifact."""
+"""Atomic file and directory writes (never leave a half-written artifact), and file digests."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -60,3 +61,12 @@ def write_json(dest: str | os.PathLike, obj) -> None:
     with atomic_file(dest) as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

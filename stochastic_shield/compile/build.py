@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._atomic import atomic_dir, write_json
+from .._atomic import atomic_dir, sha256_file, write_json
 from ..defaults import CALIB_IMAGES, OBSERVER, TARGET, checkpoint_label
 from ..errors import ShieldError
 from ..targets import get_board
@@ -35,14 +34,6 @@ class CompileArgs:
     db: Path | None = None          # tuning database to apply (None: the model's own for this board, if tuned)
     use_db: bool = True             # False: untuned default schedules, whatever databases exist
     calib_data: str | None = None   # calibration images: a data set name, image folder or .npz (default: the model's)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def calibration_images(dataset: str, count: int, data_root=None, seed: int = 0, input_shape=None):
@@ -184,7 +175,7 @@ def compile_with_plan(args: CompileArgs, database_dir=_RESOLVE) -> tuple[dict, P
         manifest = {
             "format_version": FORMAT_VERSION,
             "library": LIBRARY,
-            "library_sha256": _sha256(lib),
+            "library_sha256": sha256_file(lib),
             "entry": "main",
             "input": {"shape": shape, "dtype": "float32", "range": meta.get("input_range", [0.0, 1.0]),
                       "layout": "NCHW"},

@@ -13,12 +13,12 @@ form alike.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .._atomic import sha256_file
 from ..errors import ShieldError
 
 FORMS = "a checkpoint .pt with its .json sidecar, a .pt2 (torch.export.save), an .onnx, or --factory MODULE:FUNCTION " \
@@ -95,14 +95,6 @@ class LoadedModel:
         return self.source.form
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _need(path: Path | None) -> Path:
     if path is None or not Path(path).exists():
         raise ShieldError(f"model file {path} not found", f"give {FORMS}")
@@ -164,7 +156,7 @@ def load_model(source) -> LoadedModel:
                               f"{str(e).strip().splitlines()[0]}") from None
         module.eval()
         arch = source.factory.rpartition(":")[2]
-        return LoadedModel(source, _meta(source, arch, _sha256_file(path), None), module=module)
+        return LoadedModel(source, _meta(source, arch, sha256_file(path), None), module=module)
     if form == "pt2":
         try:
             ep = torch.export.load(str(path))
@@ -174,7 +166,7 @@ def load_model(source) -> LoadedModel:
         val = next(n.meta["val"] for n in ep.graph.nodes if n.op == "placeholder" and n.name in shape)
         dims = [d if isinstance(d, int) else None for d in val.shape]
         module = ep.module()
-        return LoadedModel(source, _meta(source, path.stem, _sha256_file(path), dims), module=module,
+        return LoadedModel(source, _meta(source, path.stem, sha256_file(path), dims), module=module,
                            fixed_batch=dims[0])
     import onnx
 
@@ -185,7 +177,7 @@ def load_model(source) -> LoadedModel:
     except Exception as e:  # noqa: BLE001
         raise ShieldError(f"cannot read {path} as ONNX: {str(e).strip().splitlines()[0]}") from None
     _, dims = onnx_input(model)
-    return LoadedModel(source, _meta(source, path.stem, _sha256_file(path), dims), onnx_model=model,
+    return LoadedModel(source, _meta(source, path.stem, sha256_file(path), dims), onnx_model=model,
                        fixed_batch=dims[0] if dims and dims[0] else None)
 
 
