@@ -49,3 +49,8 @@ TRACKER_PORT = 9190
 HOST_PORT = 9090
 EMULATED_PORT = 9091
 SESSION_TIMEOUT = 120.0      # seconds a board keeps one session
+
+# ---------------------------------------------------------------- exposure
+# Where 'shield boards up' listens unless told otherwise: TVM's RPC server runs any library it is sent,
+# without authentication, so only this machine may reach it (docs/SECURITY.md).
+RPC_BIND_HOST = "127.0.0.1"
