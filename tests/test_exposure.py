@@ -1,6 +1,12 @@
 """RPC exposure: 'shield boards up' listens on 127.0.0.1 unless told otherwise, and warns in one line before it
 listens anywhere another machine could reach (TVM's RPC server runs any library it is sent, unauthenticated)."""
 import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
 
 import pytest
 
@@ -55,3 +61,74 @@ def test_host_moves_every_program_to_that_address(tmp_path):
     finally:
         shield("boards", "down", env=env)
     assert not listening("127.0.0.2", t_port)
+
+
+
+# TCP port forwards as 'ssh -L' / 'ssh -R' make them, in their own process as ssh would be (a forward thread in
+# the client's process would wait for the GIL that the client holds during a remote call).
+FORWARDS = r"""
+import socket, sys, threading
+
+def pump(src, dst):
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    for s in (src, dst):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+def serve(srv, to):
+    while True:
+        a, _ = srv.accept()
+        b = socket.create_connection(to)
+        for x, y in ((a, b), (b, a)):
+            threading.Thread(target=pump, args=(x, y), daemon=True).start()
+
+for spec in sys.argv[1:]:  # LISTEN_HOST:PORT=TO_HOST:PORT
+    listen, to = ((h, int(p)) for h, p in (side.rsplit(":", 1) for side in spec.split("=")))
+    threading.Thread(target=serve, args=(socket.create_server(listen), to), daemon=True).start()
+print("ready", flush=True)  # every forward listens
+threading.Event().wait()
+"""
+
+
+def _forwards(*specs):
+    """Start a process that forwards each 'LISTEN_HOST:PORT=TO_HOST:PORT'; returns it once it listens."""
+    proc = subprocess.Popen([sys.executable, "-c", FORWARDS, *specs], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_the_ssh_tunnel_recipe_reaches_a_board_through_the_tracker(tmp_path, host_artifact, fashion_test):
+    """docs/SECURITY.md's recipe with the two SSH forwards played by local TCP forwards: the 'board' listens on
+    127.0.0.2 only, registers through its '-L' forward of the tracker port, and the tracker (which records the
+    address a server connects from) sends clients to 127.0.0.1:PORT, the '-R' forward back to the board."""
+    from stochastic_shield.runtime_py.runner import Deployment
+    from stochastic_shield.runtime_py.session import Endpoint
+    from stochastic_shield.runtime_py.tracker import tracker_summary
+
+    t_port, s_port = B.free_port(), B.free_port()
+    procs, ssh = [], None
+    try:
+        procs.append(B.start_tracker(t_port, log_dir=tmp_path))  # on the developer's machine, 127.0.0.1 only
+        ssh = _forwards(f"127.0.0.2:{t_port}=127.0.0.1:{t_port}",   # the board's ssh -L T:127.0.0.1:T
+                        f"127.0.0.1:{s_port}=127.0.0.2:{s_port}")   # and -R P:127.0.0.1:P
+        procs.append(B.start_host_server(s_port, f"127.0.0.2:{t_port}", "tunnel", "127.0.0.2", log_dir=tmp_path))
+        servers = tracker_summary(f"127.0.0.1:{t_port}")["server_info"]
+        assert [s["addr"] for s in servers if s["key"] == "server:tunnel"] == [["127.0.0.1", s_port]]
+        x = fashion_test.as_float(0, 8)
+        with Deployment(host_artifact, Endpoint(f"127.0.0.1:{t_port}", "tunnel", session_timeout=60)) as dep:
+            remote = dep.predict_logits(x)
+        with Deployment(host_artifact) as dep:
+            np.testing.assert_array_equal(remote, dep.predict_logits(x))
+    finally:
+        if ssh is not None:
+            os.killpg(ssh.pid, signal.SIGTERM)
+            ssh.wait()
+        for p in reversed(procs):
+            B.stop(p)
