@@ -200,3 +200,14 @@ def test_bad_calibrations_are_one_line_errors(base, host_artifact, art, fashion_
     with pytest.raises(ShieldError, match="too few"):
         detector.conformal_threshold(np.zeros(98), 0.01)
     assert detector.conformal_threshold(np.arange(99.0), 0.01) == 98.0  # 99 images suffice for 1%: the largest
+
+
+def test_cli_defaults_are_those_of_calibrate_detector():
+    from pathlib import Path
+
+    from stochastic_shield.cli import build_parser
+    from stochastic_shield.cli.detect import calibrate_args
+
+    parsed = build_parser().parse_args(["detector", "calibrate", "art"])
+    assert calibrate_args(parsed) == CalibrateArgs(Path("art"))
+    assert CalibrateArgs(Path("art")).seed is None  # calibrates with fresh seeds, as the deployment runs

@@ -60,7 +60,8 @@ def cmd_calibrate(args) -> None:
     if args.json:
         print_json(res)
         return
-    print(f"calibrated {res['artifact']} on {res['images']} clean images ({res['data']}); "
+    seed = f"seed {args.seed}" if args.seed is not None else "fresh seeds"
+    print(f"calibrated {res['artifact']} on {res['images']} clean images ({res['data']}, {seed}); "
           "'shield run' rejects above these:")
     _print_thresholds(res["T"])
 
