@@ -49,3 +49,18 @@ TRACKER_PORT = 9190
 HOST_PORT = 9090
 EMULATED_PORT = 9091
 SESSION_TIMEOUT = 120.0      # seconds a board keeps one session
+
+# ---------------------------------------------------------------- detection with a reject option
+# 'shield detector calibrate': clean images it calibrates on (the first N of the test split: the shipped
+# model trained on every training image, so they are the only clean images it has not seen), the
+# false-reject rates it stores, and T. 'shield run' rejects at REJECT_AT when the artifact has a detector
+# (see runtime_py/detector.py for why mutual information).
+DETECTOR_IMAGES = 5000
+DETECTOR_RATES = (0.01, 0.05)
+DETECTOR_T = (RUN_T,)
+REJECT_AT = "mi:0.05"
+
+# ---------------------------------------------------------------- exposure
+# Where 'shield boards up' listens unless told otherwise: TVM's RPC server runs any library it is sent,
+# without authentication, so only this machine may reach it (docs/SECURITY.md).
+RPC_BIND_HOST = "127.0.0.1"

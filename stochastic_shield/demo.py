@@ -65,7 +65,7 @@ def run_demo(args: DemoArgs) -> dict:
         ep = Endpoint(boards.tracker, "host", session_timeout=1800)
         _step(f"local boards up: tracker {boards.tracker}, host RPC server under key 'host'")
         with Deployment(acc_art, ep) as dep:
-            acc = evaluate(dep, test, T=16, seed=0)
+            acc = evaluate(dep, test, T=16, seed=None)  # as deployed: a fresh secret seed per call
         acc.pop("predictions")
         _step(f"clean accuracy of int8 + shield (T=16) on the host board: {acc['accuracy']:.2%} "
               f"({acc['correct']}/{acc['images']})")
@@ -105,7 +105,8 @@ def _report(meta, config, acc, lat, rob, out: Path) -> Path:
         "",
         "## Clean accuracy",
         f"int8 + shield at T = 16: **{acc['accuracy']:.2%}** on {acc['images']} test images "
-        f"(PyTorch fp32: {meta['test_accuracy']:.2%} on all 10000).",
+        f"(PyTorch fp32: {meta['test_accuracy']:.2%} on all 10000), each call with a fresh seed from the OS "
+        "CSPRNG, as a deployment draws them (the robustness cells use a fixed seed, see their report).",
         "",
         "## Latency against T",
         format_table(lat),

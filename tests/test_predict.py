@@ -17,7 +17,8 @@ def test_classify_rows_agree_with_the_deployments_logits(host_artifact, fashion_
     assert [r["class"] for r in res.rows] == logits.argmax(1).tolist()
     np.testing.assert_allclose([r["probability"] for r in res.rows], softmax(logits).max(1), rtol=1e-6)
     assert (res.T, res.stochastic) == (1, False)  # a deterministic artifact runs once whatever T asks
-    assert res.to_json() == {"where": "local", "T": 1, "seed": 0, "predictions": res.rows}
+    # no seed was given (fresh ones by default) and the artifact has no detector
+    assert res.to_json() == {"where": "local", "T": 1, "seed": None, "reject_at": None, "predictions": res.rows}
 
 
 def test_evaluate_artifact_counts_what_the_deployment_predicts(host_artifact, fashion_root, fashion_test):

@@ -136,3 +136,24 @@ def comma_floats(text: str) -> tuple[float, ...]:
 def ints_text(values) -> str:
     """(1, 8, 32) -> '1,8,32', for help texts."""
     return ",".join(map(str, values))
+
+
+def add_seed(p: argparse.ArgumentParser, show: bool = True) -> None:
+    """--seed (default: a fresh seed from the OS CSPRNG for every call) and, with SHOW, --show-seed."""
+    p.add_argument("--seed", type=seed_int, default=None, metavar="N",
+                   help="seed of the dropout masks, to reproduce a run (default: a fresh secret seed from the "
+                        "OS CSPRNG for every call; a given seed is echoed in the output)")
+    if show:
+        p.add_argument("--show-seed", action="store_true", help="print the seeds that were drawn (they are secret "
+                                                                "by default: whoever knows one can predict the masks)")
+
+
+def seed_int(text: str) -> int:
+    """'123' or '0x7b' -> 123, in [0, 2^64), or an argparse error."""
+    try:
+        seed = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= seed < 2**64:
+        raise argparse.ArgumentTypeError(f"seed must be in [0, 2^64), got {seed}")
+    return seed

@@ -3,12 +3,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..defaults import RUN_T
-from .common import add_json, add_rpc, endpoint, print_json
+from ..defaults import REJECT_AT, RUN_T
+from . import detect
+from .common import add_json, add_rpc, add_seed, endpoint, print_json
+
+REJECT_HELP = (f"reject inputs whose uncertainty score is above the artifact's calibrated threshold: SCORE:RATE with "
+               f"SCORE mi, entropy or variance and RATE a calibrated false-reject rate (e.g. mi:0.05, entropy:1%%), "
+               f"or none (default auto: {REJECT_AT} when the artifact has a detector, see 'shield detector')")
 
 
 def register(sub) -> None:
-    """Add 'run' and 'eval' to the shield CLI's subparsers."""
+    """Add 'run', 'eval' and 'detector' to the shield CLI's subparsers."""
     for name, helptext in (("run", "classify images with an artifact, locally or on a board"),
                            ("eval", "top-1 accuracy of an artifact on a data set, locally or on a board")):
         p = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
@@ -23,10 +28,12 @@ def register(sub) -> None:
         else:
             p.add_argument("--limit", type=int, help="evaluate on the first N test images only")
         p.add_argument("--T", type=int, default=RUN_T, help=f"MC passes for a shielded artifact (default {RUN_T})")
-        p.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default 0)")
+        add_seed(p, show=name == "run")
+        p.add_argument("--reject-at", default="auto", metavar="SCORE:RATE", help=REJECT_HELP)
         add_rpc(p)
         add_json(p)
         p.set_defaults(func=cmd_run if name == "run" else cmd_eval)
+    detect.register(sub)  # 'shield detector' belongs with run: it calibrates what run rejects
 
 
 def run_args(args):
@@ -34,7 +41,8 @@ def run_args(args):
     from ..runtime_py.predict import RunArgs
 
     return RunArgs(args.artifact, images=args.images, dataset=args.dataset, data_root=args.data_root,
-                   index=args.index, count=args.count, T=args.T, seed=args.seed, endpoint=endpoint(args))
+                   index=args.index, count=args.count, T=args.T, seed=args.seed, endpoint=endpoint(args),
+                   reject_at=args.reject_at)
 
 
 def eval_args(args):
@@ -42,7 +50,7 @@ def eval_args(args):
     from ..runtime_py.predict import EvalArgs
 
     return EvalArgs(args.artifact, dataset=args.dataset, data_root=args.data_root, limit=args.limit, T=args.T,
-                    seed=args.seed, endpoint=endpoint(args), progress=not args.json)
+                    seed=args.seed, endpoint=endpoint(args), progress=not args.json, reject_at=args.reject_at)
 
 
 def cmd_run(args) -> None:
@@ -50,14 +58,23 @@ def cmd_run(args) -> None:
 
     res = classify(run_args(args))
     if args.json:
-        print_json(res.to_json())
+        print_json(res.to_json(show_seed=args.show_seed))
         return
     if res.stochastic:
-        print(f"{res.T} stochastic passes, seed {res.seed}: mean probability, predictive entropy, mutual information")
+        seed = f"seed {res.seed}" if res.seed is not None else "a fresh secret seed per call"
+        print(f"{res.T} stochastic passes, {seed}: mean probability, predictive entropy H, mutual information MI, "
+              f"variance V")
+        if args.show_seed and res.seed is None:
+            print("drawn seeds (one per compiled call): " + ", ".join(f"{s:#018x}" for s in res.seeds))
+    if res.rule:
+        r = res.rule
+        print(f"detector: rejected when {detect.SCORE_LABEL[r.reject_at.score]} > {r.threshold:.4g} "
+              f"(calibrated for {r.reject_at.rate:.0%} false rejects at T={r.T})")
     for r in res.rows:
         truth = f"  (true: {res.classes[r['true_class']]})" if "true_class" in r else ""
-        unc = f"  H={r['entropy']:.3f} MI={r['mutual_info']:.3f}" if res.stochastic else ""
-        print(f"{r['input']:>12s}: {r['label']:<12s} p={r['probability']:.3f}{unc}{truth}")
+        unc = f"  H={r['entropy']:.3f} MI={r['mutual_info']:.3f} V={r['variance']:.4f}" if res.stochastic else ""
+        verdict = "  rejected" if r["rejected"] else ""
+        print(f"{r['input']:>12s}: {r['label']:<12s} p={r['probability']:.3f}{unc}{verdict}{truth}")
 
 
 def cmd_eval(args) -> None:
@@ -66,6 +83,11 @@ def cmd_eval(args) -> None:
     res = evaluate_artifact(eval_args(args))
     if args.json:
         print_json(res)
-    else:
-        print(f"top-1 accuracy {res['accuracy']:.4f} ({res['correct']}/{res['images']}) on {res['dataset']}, "
-              f"{res['where']}")
+        return
+    seed = f", seed {res['seed']}" if res["seed"] is not None else ""
+    print(f"top-1 accuracy {res['accuracy']:.4f} ({res['correct']}/{res['images']}) on {res['dataset']}, "
+          f"{res['where']}{seed}")
+    if res["reject_at"]:
+        print(f"rejected {res['rejected']}/{res['images']} at {res['reject_at']['score']} > "
+              f"{res['reject_at']['threshold']:.4g}: coverage {res['coverage']:.4f}, accuracy on the accepted "
+              f"{res['selective_accuracy']:.4f}")

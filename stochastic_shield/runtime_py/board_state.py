@@ -13,7 +13,7 @@ from .. import paths
 from .._atomic import write_json
 from ..errors import ShieldError
 from .processes import LOCALHOST, BoardProcess, stop
-from .servers import (EMULATED_KEY, EMULATED_PORT, HOST_KEY, HOST_PORT, TRACKER_PORT, Progress,
+from .servers import (EMULATED_KEY, EMULATED_PORT, HOST_KEY, HOST_PORT, TRACKER_PORT, Progress, check_bindable,
                       start_emulated_board, start_host_server, start_tracker)
 from .tracker import tracker_summary
 
@@ -25,8 +25,12 @@ def state_file() -> Path:
 
 def up(*, tracker_port: int = TRACKER_PORT, host_server: bool = True, host_port: int = HOST_PORT,
        emulated: bool = False, emulated_port: int = EMULATED_PORT, emulated_key: str = EMULATED_KEY,
-       host_key: str = HOST_KEY, progress: Progress = print) -> list[BoardProcess]:
+       host_key: str = HOST_KEY, host: str = LOCALHOST, progress: Progress = print) -> list[BoardProcess]:
     """Start the local boards in the background and record them so that :func:`down` can stop them.
+
+    Every program listens on HOST (default 127.0.0.1). Another address exposes TVM's RPC server,
+    which runs any library it is sent and has no authentication, to whoever can reach it: see
+    ``servers.exposure_warning`` and docs/SECURITY.md.
 
     A tracker or server recorded by an earlier call that is still running with the same port (and
     key) is reused rather than started again. Returns the processes that make up the requested set,
@@ -38,12 +42,14 @@ def up(*, tracker_port: int = TRACKER_PORT, host_server: bool = True, host_port:
     ShieldError
         A port is taken by something else, or a program died or did not become ready.
     """
+    check_bindable(host)
     logs = paths.board_logs_dir()
     recorded = [p for p in _load_state() if p.alive()]
     _save_state(recorded)  # forget the dead ones
 
     def reuse(kind: str, port: int, key: str | None = None) -> BoardProcess | None:
-        return next((p for p in recorded if p.kind == kind and p.port == port and p.key == key), None)
+        return next((p for p in recorded if p.kind == kind and p.port == port and p.key == key and p.host == host),
+                    None)
 
     def record(proc: BoardProcess) -> BoardProcess:
         recorded.append(proc)
@@ -53,20 +59,20 @@ def up(*, tracker_port: int = TRACKER_PORT, host_server: bool = True, host_port:
     result = []
     tracker = reuse("tracker", tracker_port)
     if tracker is None:
-        progress(f"starting the tracker on {LOCALHOST}:{tracker_port}")
-        tracker = record(start_tracker(tracker_port, log_dir=logs))
+        progress(f"starting the tracker on {host}:{tracker_port}")
+        tracker = record(start_tracker(tracker_port, host, log_dir=logs))
     result.append(tracker)
     if host_server:
         server = reuse("server", host_port, host_key)
         if server is None:
-            progress(f"starting the host server on {LOCALHOST}:{host_port} (key {host_key})")
-            server = record(start_host_server(host_port, tracker.address, host_key, log_dir=logs))
+            progress(f"starting the host server on {host}:{host_port} (key {host_key})")
+            server = record(start_host_server(host_port, tracker.address, host_key, host, log_dir=logs))
         result.append(server)
     if emulated:
         board = reuse("emulated", emulated_port, emulated_key)
         if board is None:
-            progress(f"starting the emulated board on {LOCALHOST}:{emulated_port} (key {emulated_key})")
-            board = record(start_emulated_board(emulated_port, tracker.address, emulated_key,
+            progress(f"starting the emulated board on {host}:{emulated_port} (key {emulated_key})")
+            board = record(start_emulated_board(emulated_port, tracker.address, emulated_key, host=host,
                                                 log_dir=logs, progress=progress))
         result.append(board)
     return result

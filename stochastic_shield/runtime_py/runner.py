@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import paths
 from ..errors import ShieldError
-from ..rng import seed_to_rng
+from ..rng import check_seed, seed_or_fresh, seed_to_rng
 from .artifact import Artifact, load_artifact
 from .session import Endpoint, open_session
 
@@ -96,43 +96,79 @@ class Deployment:
         import tvm
 
         if self.stochastic:
-            raise ShieldError("this artifact is shielded with MC dropout: it needs T and a seed",
-                              "use mc_logits(x, T, seed) (CLI: --T and --seed)")
+            raise ShieldError("this artifact is shielded with MC dropout: it needs T and a seed (fresh by default)",
+                              "use mc_logits(x, T) (CLI: --T; --seed only to reproduce a run)")
         if len(x) == 0:
             return np.zeros((0, len(self.artifact.classes)), np.float32)
         return self._batches(x, lambda c: self.vm["main"](tvm.runtime.tensor(c, device=self.dev)).numpy())
 
-    def mc_logits(self, x: np.ndarray, T: int, seed: int, sample_offset: int = 0) -> np.ndarray:
-        """Per-pass logits (N, T, K) of T stochastic passes, one compiled call per batch of images."""
+    def mc_logits(self, x: np.ndarray, T: int, seed: int | None = None, sample_offset: int = 0) -> np.ndarray:
+        """Per-pass logits (N, T, K) of T stochastic passes, one compiled call per batch of images.
+
+        SEED None (the default) draws a fresh 64-bit seed from the OS CSPRNG for every compiled call;
+        a given SEED makes the call reproducible (every batch then uses that seed). See :meth:`mc_passes`.
+        """
+        return self.mc_passes(x, T, seed, sample_offset)[0]
+
+    def mc_passes(self, x: np.ndarray, T: int, seed: int | None = None,
+                  sample_offset: int = 0) -> tuple[np.ndarray, list[int]]:
+        """Per-pass logits (N, T, K) and the seed of each compiled call (one per batch of images, in order).
+
+        Parameters
+        ----------
+        x : np.ndarray
+            Images (N, C, H, W) in [0, 1].
+        T : int
+            Passes; the artifact must have been built with this T.
+        seed : int or None
+            None: every compiled call draws its own fresh seed (``rng.fresh_seed``), so no two calls
+            share masks and none can be predicted. An int in [0, 2^64): every call uses it (reproducible).
+        sample_offset : int
+            MC sample index of pass 0.
+
+        The seeds are sent to the device as the ``rng`` input of ``mc_T{T}`` (over RPC when remote); a
+        deterministic artifact uses none (the list is empty) and repeats its one answer T times.
+        """
         import tvm
 
-
         if not self.stochastic:
-            return np.repeat(self.predict_logits(x)[:, None], T, axis=1)  # deterministic: all passes agree
+            return np.repeat(self.predict_logits(x)[:, None], T, axis=1), []  # deterministic: all passes agree
         fn = self.artifact.mc_function(T)
-        rng = tvm.runtime.tensor(seed_to_rng(seed, sample_offset), device=self.dev)
+        if seed is not None:
+            check_seed(seed)
+        seeds: list[int] = []
         k = len(self.artifact.classes)
-        return self._batches(x, lambda c: self.vm[fn](tvm.runtime.tensor(c, device=self.dev), rng).numpy()
-                             .reshape(len(c), T, k))
+        if len(x) == 0:
+            return np.zeros((0, T, k), np.float32), seeds
 
-    def predict_proba(self, x: np.ndarray, T: int = 1, seed: int = 0) -> np.ndarray:
-        """Class probabilities (N, K): softmax, averaged over T passes for a shielded artifact."""
+        def call(chunk: np.ndarray) -> np.ndarray:
+            seeds.append(seed_or_fresh(seed))
+            rng = tvm.runtime.tensor(seed_to_rng(seeds[-1], sample_offset), device=self.dev)
+            return self.vm[fn](tvm.runtime.tensor(chunk, device=self.dev), rng).numpy().reshape(len(chunk), T, k)
+
+        return self._batches(x, call), seeds
+
+    def predict_proba(self, x: np.ndarray, T: int = 1, seed: int | None = None) -> np.ndarray:
+        """Class probabilities (N, K): softmax, averaged over T passes for a shielded artifact (SEED None: fresh)."""
         from .uncertainty import softmax
 
         if not self.stochastic:
             return softmax(self.predict_logits(x))
         return softmax(self.mc_logits(x, T, seed)).mean(axis=1)
 
-    def time(self, spec: TimingSpec = TimingSpec(), T: int = 1, seed: int = 0) -> dict:
-        """Latency of one call of the entry function (mc_T{T} for a shielded artifact) on the device, in ms."""
-        import tvm
+    def time(self, spec: TimingSpec = TimingSpec(), T: int = 1, seed: int | None = None) -> dict:
+        """Latency of one call of the entry function (mc_T{T} for a shielded artifact) on the device, in ms.
 
+        A shielded artifact runs with SEED (None: one fresh seed for the timed calls; the Philox work
+        does not depend on its value).
+        """
+        import tvm
 
         x = tvm.runtime.tensor(np.random.default_rng(0).random(self.artifact.input_shape, np.float32), device=self.dev)
         fn, args = "main", [x]
         if self.stochastic:
             fn = self.artifact.mc_function(T)
-            args.append(tvm.runtime.tensor(seed_to_rng(seed), device=self.dev))
+            args.append(tvm.runtime.tensor(seed_to_rng(seed_or_fresh(seed)), device=self.dev))
         self.vm.set_input(fn, *args)
         for _ in range(spec.warmup):
             self.vm.invoke_stateful(fn)
@@ -189,9 +225,30 @@ def summarize_ms(results: list[float], batch: int = 1) -> dict:
             "min_ms": min(results), "max_ms": max(results), "repeats": len(results), "batch": batch}
 
 
-def evaluate(dep: Deployment, split, progress: bool = True, chunk: int = 256, T: int = 1, seed: int = 0) -> dict:
-    """Top-1 accuracy of a deployment on a data split (a shielded one: mean of T passes)."""
+def evaluate(dep: Deployment, split, progress: bool = True, chunk: int = 256, T: int = 1,
+             seed: int | None = None) -> dict:
+    """Top-1 accuracy of a deployment on a data split (a shielded one: mean of T passes; SEED None: fresh seeds)."""
     return accuracy(lambda x: dep.predict_proba(x, T=T, seed=seed), split, chunk, progress)
+
+
+def score_images(dep: Deployment, x: np.ndarray, T: int, seed: int | None = None, chunk: int = 256,
+                 progress: bool = False, desc: str = "scores") -> dict[str, np.ndarray]:
+    """Prediction ('pred') and uncertainty scores (mutual_info, entropy, variance) of images X at T passes.
+
+    Runs in chunks of CHUNK images; SEED None draws fresh seeds per compiled call, as a deployment does.
+    """
+    from tqdm import tqdm
+
+    from .uncertainty import SCORES, mc_summary
+
+    parts: dict[str, list] = {k: [] for k in ("pred", *SCORES)}
+    with tqdm(total=len(x), disable=not progress, unit="img", desc=desc, leave=False) as bar:
+        for i in range(0, len(x), chunk):
+            s = mc_summary(dep.mc_logits(x[i:i + chunk], T, seed))
+            for k in parts:
+                parts[k].append(s[k])
+            bar.update(len(s["pred"]))
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
 
 
 def accuracy(predict, split, chunk: int = 256, progress: bool = True, desc: str = "eval") -> dict:

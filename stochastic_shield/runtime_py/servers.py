@@ -6,7 +6,9 @@ group (see processes.py), bound to exactly the port asked for, and returned only
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
+import socket
 import sys
 from typing import Callable
 
@@ -26,6 +28,38 @@ EMULATED_TIMEOUT = 180.0  # seconds for the emulated server to register (12-36 s
 _CHECK_TIMEOUT = 5.0      # seconds a readiness question to the tracker may take
 
 Progress = Callable[[str], None]
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach: 127.0.0.0/8, ::1 or 'localhost'."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def exposure_warning(host: str) -> str | None:
+    """The one-line warning for binding TVM's RPC programs to HOST, or None for a loopback address."""
+    if is_loopback(host):
+        return None
+    return (f"warning: listening on {host}, not 127.0.0.1: TVM's RPC server runs any library it is sent and has "
+            f"no authentication, so whoever reaches these ports can run code as this user (docs/SECURITY.md: use an "
+            f"SSH tunnel or a private network)")
+
+
+def check_bindable(host: str) -> None:
+    """Fail with one line when HOST is not an address of this machine (before any program is started)."""
+    try:
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)
+        family, _, _, _, addr = infos[0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind(addr)
+    except (OSError, IndexError) as e:
+        msg = getattr(e, "strerror", None) or str(e)
+        raise ShieldError(f"cannot listen on {host} ({msg})",
+                          "give an address of this machine, or leave --host at 127.0.0.1") from None
 
 
 def start_tracker(port: int = TRACKER_PORT, host: str = LOCALHOST, *, log_dir: str | os.PathLike | None = None,
