@@ -11,7 +11,7 @@ import sys
 import warnings
 
 from ..errors import ShieldError
-from . import bench, boards, compile, demo, run, train, tune
+from . import bench, boards, compile, demo, detect, run, train, tune
 
 DESCRIPTION = """\
 stochastic-shield: int8 CNNs on small Arm boards, defended against adversarial inputs.
@@ -22,7 +22,7 @@ shipped Fashion-MNIST model and a local board.
 """
 
 # The command groups, in the order 'shield --help' lists them.
-COMMAND_GROUPS = (train, compile, run, boards, bench, tune, demo)
+COMMAND_GROUPS = (train, compile, run, detect, boards, bench, tune, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,7 +33,6 @@ def register(sub) -> None:
         add_rpc(p)
         add_json(p)
         p.set_defaults(func=cmd_run if name == "run" else cmd_eval)
-    detect.register(sub)  # 'shield detector' belongs with run: it calibrates what run rejects
 
 
 def run_args(args):
