@@ -294,7 +294,7 @@ def merge(dst: str | os.PathLike, *srcs: str | os.PathLike, allow_mixed_targets:
                 duplicates += 1
                 continue
             seen.add(key)
-            records.append(json.dumps([index[h], body], separators=(",", ":")))
+            records.append(_dumps([index[h], body]))
             added += 1
         for h, t in c.tasks.items():
             tasks.setdefault(h, t)
@@ -311,12 +311,14 @@ def merge(dst: str | os.PathLike, *srcs: str | os.PathLike, allow_mixed_targets:
 def repair(db_dir: str | os.PathLike) -> dict:
     """Drop the lines of DB_DIR that do not parse (e.g. a last line cut short by a kill); keep the rest.
 
-    Records are re-indexed when a broken workload line is dropped. Returns what was dropped.
+    Records are re-indexed when a broken workload line is dropped; every other line is kept byte
+    for byte (MetaSchedule writes times with more digits than Python would). Returns what was dropped.
     """
     c = read(db_dir, strict=False)
     if c.problems:
         _write_lines(c.path / WORKLOADS, [line for _, line in c.workloads])
-        _write_lines(c.path / RECORDS, [json.dumps([w, body], separators=(",", ":")) for w, body, _ in c.records])
+        _write_lines(c.path / RECORDS, [line if json.loads(line)[0] == w else _dumps([w, body])
+                                        for w, body, line in c.records])
     return {"path": str(c.path), "dropped": [{"file": f, "line": n, "problem": p} for f, n, p in c.problems],
             "workloads": len(c.workloads), "records": len(c.records)}
 
@@ -343,6 +345,11 @@ def _loads(line: str):
     except ValueError as e:
         cut = " (cut short?)" if re.search(r"Expecting|Unterminated", str(e)) else ""
         return f"not valid JSON{cut}: {e.msg} at column {e.colno}"
+
+
+def _dumps(item) -> str:
+    """ITEM as one compact JSON line."""
+    return json.dumps(item, separators=(",", ":"))
 
 
 def _record_key(workload_hash: str, body: list) -> str:
