@@ -26,7 +26,8 @@ import stochastic_shield
 from stochastic_shield.runtime_py import boards as B
 from stochastic_shield.runtime_py.processes import group_members
 from stochastic_shield.schedules import database as D
-from stochastic_shield.schedules.recovery import database_lock, drop_torn_tail
+from stochastic_shield.schedules.lock import database_lock
+from stochastic_shield.schedules.recovery import drop_torn_tail
 
 pytestmark = pytest.mark.slow
 
@@ -141,7 +142,8 @@ def _check_resumed(db: Path, kept: list[bytes], kept_workloads: list[bytes], rer
     counts = D.record_counts(db)
     valid = sum(c["valid"] for c in counts.values())
     assert rerun["status"] == "done" and rerun["trials_after"] == valid >= BUDGET   # the budget is finished
-    assert rerun["trials_before"] == sum(D.latency_secs(json.loads(r)[1]) is not None for r in kept)  # resumed
+    valid_kept = sum(D.latency_secs(json.loads(r)[1]) is not None for r in kept)
+    assert rerun["trials_before"] == valid_kept and len(lines) - len(kept) == BUDGET - valid_kept  # only the rest
     loaded = ms.database.JSONDatabase(work_dir=str(db))       # MetaSchedule's own reader takes it too
     assert len(loaded.get_all_tuning_records()) == len(lines)
 
@@ -234,20 +236,25 @@ def _parses(data: bytes) -> bool:
 
 
 def test_torn_last_lines_are_dropped_or_ended_and_a_broken_middle_line_is_refused(tmp_path):
-    """What drop_torn_tail does to each thing a kill can leave (quick: no tuning), and the lock."""
+    """What drop_torn_tail does to each thing a kill can leave (quick: no tuning), and the database lock."""
     from stochastic_shield.errors import ShieldError
 
     db = tmp_path / "db"
     db.mkdir()
     workload = b'["123","' + b"A" * 9000 + b'"]'  # longer than a page: a SIGKILL can cut its write
     records = [json.dumps([0, [[[], []], [1e-05 * i], {"kind": "llvm"}, []]]).encode() for i in range(1, 4)]
+    src = tmp_path / "src"  # a sound database to merge from
+    src.mkdir()
+    (src / D.WORKLOADS).write_bytes(workload + b"\n")
+    (src / D.RECORDS).write_bytes(records[0] + b"\n")
     (db / D.WORKLOADS).write_bytes(workload[:5000])                       # cut short, no newline
     (db / D.RECORDS).write_bytes(b"\n".join(records))                     # whole, but its newline lost
     with database_lock(db):
         said = drop_torn_tail(db)
         assert drop_torn_tail(db) == []                                  # once is enough
-        with pytest.raises(ShieldError, match="being tuned by another"), database_lock(db):
-            pass
+        for rewrite in (lambda: database_lock(db).__enter__(), lambda: D.repair(db), lambda: D.merge(db, src)):
+            with pytest.raises(ShieldError, match="is in use: another 'shield tune'"):
+                rewrite()                                                # nothing rewrites a database being tuned
     assert len(said) == 2 and "dropped its last line (1, 5000 bytes" in said[0] and "lost its newline" in said[1]
     assert (db / D.WORKLOADS).read_bytes() == b""
     assert (db / D.RECORDS).read_bytes() == b"\n".join(records) + b"\n"
@@ -269,13 +276,15 @@ def test_robustness_killed_mid_run_then_resume_keeps_finished_cells(tmp_path):
     results = out / "robustness.json"
     cmd = ["bench", "robustness", "--data-root", FASHION, "--limit", 16, "--attacks", "fgsm,pgd20", "--eps", "0,0.1",
            "--configs", "fp32,int8", "--calib", 64, "--threads", 1, "-o", out, "--json"]
-    reads = []
 
     def some_cells() -> bool:
         if not results.exists():
             return False
-        reads.append(json.loads(results.read_text()))  # valid JSON whenever it is read, mid-run too
-        return bool(reads[-1]["cells"])
+        try:  # valid JSON whenever it is read, mid-run too (a writer that is not atomic gets caught here, often)
+            cells = json.loads(results.read_text())["cells"]
+        except ValueError as e:
+            pytest.fail(f"{results} read mid-run is not valid JSON: {e}")
+        return bool(cells)
 
     with Shield(cmd, tmp_path, "first") as first:
         _wait(some_cells, WAIT, "the first finished cell", first, poll=0.01)

@@ -13,7 +13,7 @@ therefore counts the valid records already in the database per task, spends only
 the budget (skipping tasks whose per-task budget is reached, capping the others), and trains the
 XGBoost cost model on those records before the first round. What a killed run leaves (a torn
 last line) is cleaned up first, under a lock that keeps a second run off the database
-(recovery.py).
+(recovery.py, lock.py).
 
 This module holds the run itself; tasks.py the tasks and their search contexts, workers.py what
 runs in MetaSchedule's worker processes, progress.py the progress lines, Ctrl-C and stopping,
@@ -36,7 +36,8 @@ from ..errors import ShieldError
 from ..runtime_py.tracker import parse_address, require_key
 from . import database as dbm
 from .progress import CtrlC, Say, boards_left, monitor
-from .recovery import database_lock, drop_torn_tail
+from .lock import database_lock
+from .recovery import drop_torn_tail
 from .summary import finish
 from .tasks import extract_tasks, plan, tune_contexts, warm_start
 from .workers import build_candidate, create_session, export_library, on_board
