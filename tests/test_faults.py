@@ -118,7 +118,7 @@ def _records(db: Path) -> int:
 def _tune(db: Path, tracker: str) -> list[str]:
     """The `shield tune` command of every run here (a rerun is the same command)."""
     return ["tune", "--fp32", "--task", DENSE, "--trials", BUDGET, "--trials-per-round", ROUND, "--db", db,
-            "--tracker", tracker, "--key", KEY, "--queue-timeout", 8, "--json"]
+            "--tracker", tracker, "--key", KEY, "--queue-timeout", 60, "--json"]
 
 
 def _check_resumed(db: Path, kept: list[bytes], kept_workloads: list[bytes], rerun: dict) -> None:
@@ -162,6 +162,8 @@ def test_board_killed_mid_run_then_rerun_with_the_board_back(tmp_path):
         res = first.json()
         assert res["status"] == "stopped" and f"no board left under key {KEY!r}" in res["reason"]
         assert ROUND <= res["trials_after"] < BUDGET and res["failed"] >= 1
+        errors = [e for b in res["boards"].values() for e in b["errors"]]  # failed at once, not after --queue-timeout
+        assert errors and all(f"no board registered under key {KEY!r}" in e for e in errors), errors
         kept, kept_workloads = _on_disk(db / D.RECORDS)[0], _on_disk(db / D.WORKLOADS)[0]
         assert kept[: len(at_kill)] == at_kill
 
