@@ -96,7 +96,8 @@ def tune(args: TuneArgs) -> dict:
 
     Returns a JSON-ready summary: database, budget, per task (trials before/after, failures,
     best latency before/after in ms), per board (measurements, failures, first errors), the most
-    measurements seen in flight at once, status and timing. Status is "done", "budget reached"
+    measurements seen in flight at once, status, timing and ``repaired`` (what was done to a torn
+    last line, one sentence per file; usually empty). Status is "done", "budget reached"
     (nothing left to do), "stopped" (every board of the key or the tracker was lost; ``reason``
     says which) or "interrupted" (Ctrl-C, honoured at the end of the current round).
 
