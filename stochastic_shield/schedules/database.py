@@ -15,6 +15,7 @@ failed measurement (build error, timeout or a lost board).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from pathlib import Path
 from .. import paths
 from .._atomic import atomic_file, write_json
 from ..errors import ShieldError
+from .lock import database_lock
 
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
@@ -270,12 +272,31 @@ def merge(dst: str | os.PathLike, *srcs: str | os.PathLike, allow_mixed_targets:
     if not srcs:
         raise ShieldError("merge needs at least one source database")
     sources = [read(s, strict=True) for s in srcs]
-    base = read(dst, strict=True) if (dst / WORKLOADS).exists() else Contents(dst)
+    fresh = not dst.exists()
+    try:
+        with database_lock(dst):  # DST is read and rewritten whole: not under a tuning run's appends
+            base = read(dst, strict=True) if (dst / WORKLOADS).exists() else Contents(dst)
+            workloads, records, tasks, added, duplicates = _union(base, sources, allow_mixed_targets)
+            # Workloads first: a superset of workloads with the old records is still a sound database.
+            _write_lines(dst / WORKLOADS, workloads)
+            _write_lines(dst / RECORDS, records)
+            if tasks:
+                record_tasks(dst, tasks)
+    except ShieldError:
+        if fresh:  # refused: leave no empty folder behind (rmdir: never anything another process wrote)
+            with contextlib.suppress(OSError):
+                dst.rmdir()
+        raise
+    return {"path": str(dst), "sources": [str(c.path) for c in sources], "added": added,
+            "duplicates": duplicates, "records": len(records), "workloads": len(workloads)}
+
+
+def _union(base: Contents, sources: list[Contents], allow_mixed_targets: bool):
+    """The lines of BASE with those of SOURCES appended (see merge): workloads, records, tasks, added, duplicates."""
     targets = {_target_label(body[2]) for c in [base, *sources] for _, body, _ in c.records}
     if len(targets) > 1 and not allow_mixed_targets:
         raise ShieldError(f"refusing to merge schedules tuned for different targets: {', '.join(sorted(targets))}",
                           "merge databases of one board only")
-
     index = {h: i for i, (h, _) in enumerate(base.workloads)}
     workloads = [line for _, line in base.workloads]
     records = [line for _, _, line in base.records]
@@ -294,29 +315,25 @@ def merge(dst: str | os.PathLike, *srcs: str | os.PathLike, allow_mixed_targets:
                 duplicates += 1
                 continue
             seen.add(key)
-            records.append(json.dumps([index[h], body], separators=(",", ":")))
+            records.append(_dumps([index[h], body]))
             added += 1
         for h, t in c.tasks.items():
             tasks.setdefault(h, t)
-    dst.mkdir(parents=True, exist_ok=True)
-    # Workloads first: a superset of workloads with the old records is still a sound database.
-    _write_lines(dst / WORKLOADS, workloads)
-    _write_lines(dst / RECORDS, records)
-    if tasks:
-        record_tasks(dst, tasks)
-    return {"path": str(dst), "sources": [str(c.path) for c in sources], "added": added,
-            "duplicates": duplicates, "records": len(records), "workloads": len(workloads)}
+    return workloads, records, tasks, added, duplicates
 
 
 def repair(db_dir: str | os.PathLike) -> dict:
     """Drop the lines of DB_DIR that do not parse (e.g. a last line cut short by a kill); keep the rest.
 
-    Records are re-indexed when a broken workload line is dropped. Returns what was dropped.
+    Records are re-indexed when a broken workload line is dropped; every other line is kept byte
+    for byte (MetaSchedule writes times with more digits than Python would). Returns what was dropped.
     """
-    c = read(db_dir, strict=False)
-    if c.problems:
-        _write_lines(c.path / WORKLOADS, [line for _, line in c.workloads])
-        _write_lines(c.path / RECORDS, [json.dumps([w, body], separators=(",", ":")) for w, body, _ in c.records])
+    with database_lock(db_dir, create=False):  # not under a tuning run's appends
+        c = read(db_dir, strict=False)
+        if c.problems:
+            _write_lines(c.path / WORKLOADS, [line for _, line in c.workloads])
+            _write_lines(c.path / RECORDS, [line if json.loads(line)[0] == w else _dumps([w, body])
+                                            for w, body, line in c.records])
     return {"path": str(c.path), "dropped": [{"file": f, "line": n, "problem": p} for f, n, p in c.problems],
             "workloads": len(c.workloads), "records": len(c.records)}
 
@@ -343,6 +360,11 @@ def _loads(line: str):
     except ValueError as e:
         cut = " (cut short?)" if re.search(r"Expecting|Unterminated", str(e)) else ""
         return f"not valid JSON{cut}: {e.msg} at column {e.colno}"
+
+
+def _dumps(item) -> str:
+    """ITEM as one compact JSON line."""
+    return json.dumps(item, separators=(",", ":"))
 
 
 def _record_key(workload_hash: str, body: list) -> str:

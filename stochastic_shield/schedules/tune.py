@@ -11,7 +11,9 @@ Resuming: MetaSchedule appends each measured record to the database at once, but
 its task scheduler counts trials from zero and starts with an untrained cost model. ``tune``
 therefore counts the valid records already in the database per task, spends only the rest of
 the budget (skipping tasks whose per-task budget is reached, capping the others), and trains the
-XGBoost cost model on those records before the first round.
+XGBoost cost model on those records before the first round. What a killed run leaves (a torn
+last line) is cleaned up first, under a lock that keeps a second run off the database
+(recovery.py, lock.py).
 
 This module holds the run itself; tasks.py the tasks and their search contexts, workers.py what
 runs in MetaSchedule's worker processes, progress.py the progress lines, Ctrl-C and stopping,
@@ -19,6 +21,7 @@ summary.py the summary that ``tune`` returns.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import site
@@ -33,6 +36,8 @@ from ..errors import ShieldError
 from ..runtime_py.tracker import parse_address, require_key
 from . import database as dbm
 from .progress import CtrlC, Say, boards_left, monitor
+from .lock import database_lock
+from .recovery import drop_torn_tail
 from .summary import finish
 from .tasks import extract_tasks, plan, tune_contexts, warm_start
 from .workers import build_candidate, create_session, export_library, on_board
@@ -81,7 +86,9 @@ def tune(args: TuneArgs) -> dict:
 
     Builds the module as ``shield compile`` does, extracts its tasks, and measures up to
     ``args.trials`` candidates in total (records already in the database count), with XGBoost
-    as the cost model. A rerun with the same database continues where the last run stopped.
+    as the cost model. A rerun with the same database continues where the last run stopped, also
+    after a ``kill -9``: a last line the killed run left cut short is dropped first (said on stderr
+    and in ``repaired``; every other line stays byte for byte). One run at a time may use a database.
 
     Trials are valid measurements of the selected tasks (``args.tasks``); failed candidates (build
     errors, timeouts, lost boards) are recorded too but do not count, so a rerun measures again
@@ -89,7 +96,8 @@ def tune(args: TuneArgs) -> dict:
 
     Returns a JSON-ready summary: database, budget, per task (trials before/after, failures,
     best latency before/after in ms), per board (measurements, failures, first errors), the most
-    measurements seen in flight at once, status and timing. Status is "done", "budget reached"
+    measurements seen in flight at once, status, timing and ``repaired`` (what was done to a torn
+    last line, one sentence per file; usually empty). Status is "done", "budget reached"
     (nothing left to do), "stopped" (every board of the key or the tracker was lost; ``reason``
     says which) or "interrupted" (Ctrl-C, honoured at the end of the current round).
 
@@ -97,12 +105,11 @@ def tune(args: TuneArgs) -> dict:
     ------
     ShieldError
         Unknown target, missing cross compiler, no tracker/boards under the key, a corrupt
-        database or one tuned for another target, or MetaSchedule failing outright.
+        database (a broken line other than a torn last one) or one tuned for another target,
+        another run tuning the same database, or MetaSchedule failing outright.
     KeyboardInterrupt
         On a second Ctrl-C; every record measured so far is already in the database.
     """
-    from ..compile.build import CompileArgs, prepare_module
-    from ..compile.pipeline import lower
     from ..targets import get_board
 
     started = time.monotonic()
@@ -117,9 +124,28 @@ def tune(args: TuneArgs) -> dict:
     precision = "int8" if args.int8 else "fp32"
     meta = dbm.model_meta(args.checkpoint)
     db_dir = Path(args.db) if args.db is not None else dbm.default_database_dir(board.name, meta, precision)
-    if dbm.has_records(db_dir):  # a corrupt database or another board's: fail before the slow part
-        dbm.validate(db_dir)
-        dbm.check_target(db_dir, board.name)
+    fresh = not db_dir.exists()
+    try:
+        with database_lock(db_dir):
+            repaired = drop_torn_tail(db_dir)  # what a run killed while appending leaves
+            for line in repaired:
+                print(f"tune: {line}", file=sys.stderr)
+            if dbm.has_records(db_dir):  # a corrupt database or another board's: fail before the slow part
+                dbm.validate(db_dir)
+                dbm.check_target(db_dir, board.name)
+            return _tune(args, board, key, servers, say, precision, db_dir, started) | {"repaired": repaired}
+    finally:
+        if fresh:  # nothing tuned (an error before the first record): leave no empty folder behind
+            with contextlib.suppress(OSError):
+                db_dir.rmdir()
+
+
+def _tune(args: TuneArgs, board, key: str, servers: int, say: Say, precision: str, db_dir: Path,
+          started: float) -> dict:
+    """The run itself, on the locked database DB_DIR: tasks, plan, MetaSchedule, summary."""
+    from ..compile.build import CompileArgs, prepare_module
+    from ..compile.pipeline import lower
+
     prep = prepare_module(CompileArgs(args.checkpoint, args.target, batch=args.batch, int8=args.int8,
                                       calib=args.calib, observer=args.observer, allow_fp32=args.allow_fp32,
                                       data_root=args.data_root, progress=args.progress, shield=args.shield,
@@ -142,7 +168,6 @@ def tune(args: TuneArgs) -> dict:
     if not todo:
         return finish(summary, tasks, db_dir, None, "budget reached", None, started, 0)
 
-    db_dir.mkdir(parents=True, exist_ok=True)
     dbm.record_tasks(db_dir, {t.workload: {"name": t.name, "weight": t.weight, "flops": t.flops} for t in tasks},
                      {"target": board.name, "tvm_target": board.target, "precision": precision,
                       "model": summary["model"] | {"dataset": prep.meta.get("dataset")}})

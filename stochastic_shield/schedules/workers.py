@@ -13,7 +13,7 @@ import os
 import time
 
 from ..errors import ShieldError
-from ..runtime_py.tracker import request_server
+from ..runtime_py.tracker import SUMMARY_TIMEOUT, request_server, require_key
 
 
 def build_candidate(mod, target, _params=None):
@@ -49,13 +49,16 @@ def create_session(rpc_config, *, queue_timeout: float, journal: str | None = No
     """Runner worker: a session on a free board of the key, failing (not hanging) when none comes.
 
     TVM's own tracker request waits forever for a board of a key whose boards all died, and
-    retries an unreachable tracker for a minute; this one gives up after QUEUE_TIMEOUT seconds
-    (see runtime_py/tracker.py) and remembers which board it got, so errors and the journal can
-    name it.
+    retries an unreachable tracker for a minute; this one fails at once when no board is
+    registered under the key any more (the tracker drops a board whose process died), else gives
+    up after QUEUE_TIMEOUT seconds (see runtime_py/tracker.py), and remembers which board it got,
+    so errors and the journal can name it. Without the first check, every candidate of a round
+    would wait QUEUE_TIMEOUT in turn for boards that are gone before the run could stop.
     """
     t0 = time.time()
     tracker = f"{rpc_config.tracker_host}:{rpc_config.tracker_port}"
     try:
+        require_key(tracker, rpc_config.tracker_key, timeout=min(queue_timeout, SUMMARY_TIMEOUT))  # busy ones count
         grant = request_server(tracker, rpc_config.tracker_key, queue_timeout=queue_timeout,
                                priority=rpc_config.session_priority)
     except ShieldError as e:
