@@ -60,19 +60,33 @@ class Replica(torch.nn.Module, LayerVisitor):
         self.seed = None
         self.sample_offset = 0
         self._env: dict = {}
-        self._T = 1
+        self._T, self._n, self._expanded = 1, 0, True
 
     def forward(self, x: torch.Tensor, T: int = 1) -> torch.Tensor:
         n = x.shape[0]
-        self._T = int(T)
-        self._env = {self.plan.params[0]: x.repeat_interleave(T, dim=0)}  # rows b*T + t, as on the board
+        self._T, self._n, self._expanded = int(T), n, int(T) == 1
+        self._env = {self.plan.params[0]: x}
         try:
             for lay in self.plan.layers:
                 self.visit(lay)
             out = self._env[self.plan.output]
         finally:
             self._env = {}
+        if not self._expanded:  # no dropout: every pass is the same
+            out = out.repeat_interleave(self._T, dim=0)
         return out.reshape(n, T, -1)
+
+    def _expand(self):
+        """Repeat every live activation T times (rows b*T + t, as on the board), once, at the first dropout.
+
+        The layers before it are deterministic, so they run once per image, as in the compiled
+        module's MC expansion: an EOT step over 20 masks then costs about 2 passes, not 20.
+        """
+        if not self._expanded:
+            self._env = {k: v.repeat_interleave(self._T, dim=0)
+                         if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == self._n else v
+                         for k, v in self._env.items()}
+            self._expanded = True
 
     # ---------------------------------------------------------------- layers
     def visit_float(self, lay):
@@ -162,6 +176,7 @@ class Replica(torch.nn.Module, LayerVisitor):
         self._env[lay.out] = torch.cat(parts, dim=lay.axis)
 
     def visit_dropout(self, lay):
+        self._expand()
         x = self._env[lay.inputs[0]]
         keep = self._mask(tuple(x.shape), self._T, lay.layer_id, lay.p)
         self._env[lay.out] = x * keep / (1.0 - lay.p)
