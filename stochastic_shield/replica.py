@@ -71,7 +71,8 @@ class Replica(torch.nn.Module, LayerVisitor):
 
         torch.nn.Module.__init__(self)
         if filter_grad not in FILTER_GRADIENTS:
-            raise ShieldError(f"unknown filter gradient {filter_grad!r}", f"choose one of: {', '.join(FILTER_GRADIENTS)}")
+            raise ShieldError(f"unknown filter gradient {filter_grad!r}",
+                              f"choose one of: {', '.join(FILTER_GRADIENTS)}")
         if not (isinstance(skip_filters, int) and skip_filters >= 0):
             raise ShieldError(f"skip_filters must be an integer >= 0, got {skip_filters!r}")
         self.plan = plan

@@ -1,4 +1,4 @@
-"""Convergence checks of the adaptive attack: does doubling its steps, restarts or EOT samples change robust accuracy?"""
+"""Convergence checks of the adaptive attack: does doubling its steps, restarts or EOT samples change the result?"""
 from __future__ import annotations
 
 import time
@@ -62,7 +62,8 @@ def run_convergence(run) -> None:
         attack = make_attack(spec, run.models.model_for(spec, cfg), eps, a.restarts, seed, bits)
         attack = attack if what == "base" else double(attack, what)
         t0 = time.perf_counter()
-        adv = craft(attack, x, y, images_per_batch(a.craft_batch), seed)
+        passes = getattr(attack.model, "passes", 1)
+        adv = craft(attack, x, y, images_per_batch(a.craft_batch, passes), seed)
         logits = run.devices.logits(run.artifacts[cfg.name], adv, p.Ts, a.seed)[t if cfg.stochastic else 1]
         from ...runtime_py.uncertainty import mc_summary
 
@@ -74,7 +75,7 @@ def run_convergence(run) -> None:
 
 
 def verdicts(conv: dict) -> list[tuple[str, bool, str]]:
-    """(doubling, converged, detail) per doubling run: converged when its robust accuracy lies in the base's interval."""
+    """(doubling, converged, detail) per doubling: converged when its robust accuracy lies in the base's interval."""
     base = conv["runs"].get("base")
     out = []
     for what in DOUBLINGS:

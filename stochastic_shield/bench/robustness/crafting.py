@@ -9,6 +9,9 @@ from .grid import DA_CAP, DA_WEIGHT, AttackSpec, Configuration
 from .plan import Plan
 
 
+BATCH_ROWS = 500
+
+
 class ReplicaPasses:
     """images -> pass logits (N, T, K) of a replica: fresh masks (SEED None: EOT) or the board's (an int SEED).
 
@@ -62,7 +65,8 @@ class Models:
             if cfg.name not in self._plans:
                 from ...compile.build import prepare_module
 
-                self._plans[cfg.name] = prepare_module(self._compile_args(cfg, self.p.out / "artifacts" / cfg.name)).plan
+                args = self._compile_args(cfg, self.p.out / "artifacts" / cfg.name)
+                self._plans[cfg.name] = prepare_module(args).plan
             self._replicas[key] = Replica(self._plans[cfg.name], filter_grad=grad, skip_filters=skip_filters)
         return self._replicas[key]
 
@@ -162,14 +166,15 @@ def samples(spec: AttackSpec, cfg: Configuration | None, eot_samples: int, T: in
     return T if spec.seed_known else eot_samples
 
 
-def cost(spec: AttackSpec, cfg: Configuration | None, eot_samples: int, restarts: int = 1, T: int | None = None) -> float:
+def cost(spec: AttackSpec, cfg: Configuration | None, eot_samples: int, restarts: int = 1,
+         T: int | None = None) -> float:
     """Relative cost per image of an attack unit: steps (times restarts, at most), each step one pass
     of the layers before the dropout plus about 1/20 of one per sample after it (measured on the Fashion CNN)."""
     rounds = restarts if spec.kind in ("apgd", "levels", "surrogate") else 1
     return spec.steps * rounds * (1 + samples(spec, cfg, eot_samples, T) / 20)
 
 
-def images_per_batch(craft_batch: int, cfg: Configuration | None = None, eot_samples: int = 1) -> int:
-    """Images per attack batch: the replica runs its convolutions once per image whatever the passes, so
-    memory grows only in the dense layers; CRAFT_BATCH images, a few hundred rows, keep the cache warm."""
-    return max(1, craft_batch)
+def images_per_batch(craft_batch: int, passes: int = 1) -> int:
+    """Images per attack batch: CRAFT_BATCH, but at most about BATCH_ROWS rows after the MC expansion
+    (images x PASSES), where the replica's dense layers run fastest (cache; measured on the Fashion CNN)."""
+    return max(1, min(craft_batch, BATCH_ROWS // max(1, passes)))

@@ -17,7 +17,8 @@ EPS_GRIDS = {
 # APGD), and the same adaptive attacks with the board's seed known. An attack applies only where it
 # means something (AttackSpec.applies); threat (c) only to stochastic configurations.
 DEFAULT_ATTACKS = ("fgsm", "pgd20", "pgd100", "surrogate", "adaptive", "apgd-ce", "apgd-dlr", "apgd-ce-smooth",
-                   "apgd-dlr-exact", "levels", "apgd-da", "seed-apgd-ce", "seed-apgd-dlr", "seed-levels", "seed-apgd-da")
+                   "apgd-dlr-exact", "levels", "apgd-da", "seed-apgd-ce", "seed-apgd-dlr", "seed-levels",
+                   "seed-apgd-da")
 ADAPTIVE_STEPS = 20          # steps of 'adaptive' without a number; each step averages eot_samples passes
 DEFAULT_STEPS = {"adaptive": ADAPTIVE_STEPS, "apgd": 50, "levels": 50, "surrogate": 50}
 DA_WEIGHT, DA_CAP = 1.0, 0.25  # detection-aware loss: DLR capped at 0.25 (misclassified with a margin), minus MI

@@ -3,13 +3,17 @@
 For every attack and budget eps the adversarial images are crafted on the model the threat model
 gives the attacker, then classified by the compiled artifacts of five deployments:
 
-  threat "transfer" (a): crafted on the undefended fp32 PyTorch model, sent to every deployment;
+  threat "transfer" (a): crafted on the undefended fp32 PyTorch model or an independently trained
+                         surrogate, sent to every deployment;
   threat "adaptive" (b): crafted on each deployment's own PyTorch replica, with EOT over fresh
-                         dropout masks and BPDA (identity) through the input filter.
+                         dropout masks and BPDA (identity, smooth or exact) through the input filter;
+  threat "seed" (c):     crafted on the replica with the board's exact masks for its seed and T.
 
-Every finished (configuration, attack, eps) cell is kept in OUT/robustness.json, rewritten
-atomically after each cell, so a rerun with resume skips it. Sanity checks (accuracy falls with
-eps, PGD beats FGSM, an unbounded budget wins, gradients are not masked) are run and recorded.
+Every finished (row, attack, eps) cell is kept in OUT/robustness.json with its per-image results,
+rewritten atomically after each cell, so a rerun with resume skips it. From those the worst case
+per image of each threat model and the detection metrics are derived; sanity checks (accuracy
+falls with eps, PGD beats FGSM, an unbounded budget wins, gradients are not masked, the attack
+has converged, a known seed never helps the defender) are run and recorded.
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from .convergence import run_convergence
-from .crafting import Models, cost, craft, gradient_check, images_per_batch, make_attack, progress_bar, unit_seed
+from .crafting import (Models, cost, craft, gradient_check, images_per_batch, make_attack, progress_bar, samples,
+                       unit_seed)
 from .detection import FALSE_REJECT, detection, thresholds
 from .devices import Devices
 from .grid import AttackSpec, Configuration, cell_key, eps_key
@@ -54,16 +59,19 @@ def run_robustness(args: RobustnessArgs) -> dict:
     Builds the artifacts of ``args.configs`` (fp32; int8; int8 + filter; int8 + MC dropout;
     int8 + filter + MC dropout, the last two for every T of ``args.T``) into OUT/artifacts, then
     for every attack and eps > 0 crafts adversarial images (threat 'transfer': on the fp32 PyTorch
-    model; 'adaptive': on each configuration's replica with EOT and BPDA) and classifies them with
-    the artifacts (stochastic ones at each T with the fixed dropout seed ``args.seed``). eps = 0
-    is the clean accuracy.
+    model or the surrogate; 'adaptive': on each configuration's replica with EOT and BPDA; 'seed':
+    on the replica with the board's masks, per row) and classifies them with the artifacts
+    (stochastic ones at each T with the fixed dropout seed ``args.seed``). eps = 0 is the clean
+    accuracy. Held-out clean images calibrate the MI thresholds of the reject option first.
 
     Returns the results dict also written to OUT/robustness.json: ``settings``, ``clean``
-    (row -> accuracy, Wilson interval, per-image mutual information), ``cells`` (key
-    'threat/attack/eps/row' -> accuracy, lo, hi, correct, n, auroc, ...), ``crafting`` (seconds per
-    unit of work), ``checks`` (gradient and unbounded-budget measurements), ``sanity`` (verdicts),
-    ``run`` (cells computed and resumed) and ``files`` (report and plots). With ``args.resume``
-    finished cells are kept and skipped.
+    (row -> accuracy, Wilson interval, per-image correctness and mutual information), ``cells``
+    (key 'threat/attack/eps/row' -> the same, plus auroc, ...), ``calibration`` (row -> MI
+    thresholds), ``worst`` ('group/eps/row' -> worst case per image, see worst.py), ``detection``
+    (row -> reject-option metrics, see detection.py), ``surrogate``, ``crafting`` (seconds per
+    unit of work), ``checks`` (gradient, convergence and unbounded-budget measurements),
+    ``sanity`` (verdicts), ``run`` (cells computed and resumed) and ``files`` (report and plots).
+    With ``args.resume`` finished cells are kept and skipped.
     """
     p = check_args(args)
     run = _Run(p, _load(p))
@@ -202,6 +210,8 @@ class _Run:
     def calibrate(self):
         """MI thresholds of every stochastic row with T >= 2 at each false-reject rate, from held-out clean images
         (the test images after the attacked ones; in-sample when there are none)."""
+        from ...runtime_py.uncertainty import mc_summary
+
         cal = self.results["calibration"]
         split = self.p.calib_split
         for cfg in (c for c in self.p.configs if c.stochastic):
@@ -210,8 +220,6 @@ class _Run:
                 out = None if split is None else self.devices.logits(self.artifacts[cfg.name], split.as_float(),
                                                                      self.p.Ts, self.args.seed)
                 for row, t in rows:
-                    from ...runtime_py.uncertainty import mc_summary
-
                     mi = self.clean_mi[row] if out is None else mc_summary(out[t])["mutual_info"]
                     cal[row] = {"images": len(mi), "in_sample": out is None, "thresholds": thresholds(mi)}
                 self.save()
@@ -272,9 +280,10 @@ class _Run:
                 attack = make_attack(spec, model, eps, a.restarts, seed, bits,
                                      self.threshold(cfg, t) if spec.loss == "da" else None)
                 t0 = time.perf_counter()
-                adv = craft(attack, self.x, self.y, images_per_batch(a.craft_batch), seed, bar,
+                per_batch = images_per_batch(a.craft_batch, samples(spec, cfg, a.eot_samples, t))
+                adv = craft(attack, self.x, self.y, per_batch, seed, bar,
                             cost(spec, cfg, a.eot_samples, a.restarts, t))
-                where = {None: "fp32 (PyTorch)"}.get(cfg and cfg.name, cfg.name if cfg else None)
+                where = "fp32 (PyTorch)" if cfg is None else cfg.name
                 if spec.kind == "surrogate":
                     where = "surrogate (PyTorch)"
                     self.results["surrogate"] = self.models.surrogate_info
