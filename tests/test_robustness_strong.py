@@ -215,3 +215,20 @@ def test_replica_filter_gradients_differ_and_skipping_bits_is_the_model_after_it
         assert torch.equal(after(q, T=4), reps["identity"](x, T=4))
     with pytest.raises(ShieldError, match="unknown filter gradient"):
         Replica(filtered_plan, filter_grad="straight")
+
+
+def test_cli_options_of_the_strong_evaluation(tmp_path):
+    import argparse
+
+    from stochastic_shield.cli.bench import add_robustness, robustness_args
+
+    ap = argparse.ArgumentParser()
+    add_robustness(ap.add_subparsers(dest="bench"))
+    ns = ap.parse_args(["robustness", "--attacks", "surrogate,apgd-dlr,seed-apgd-dlr", "--restarts", "3",
+                        "--surrogate", str(tmp_path / "s.pt"), "--surrogate-epochs", "4", "--surrogate-images", "1000",
+                        "--convergence-images", "0", "--detect-images", "300", "--eot-samples", "40"])
+    a = robustness_args(ns)
+    assert (a.restarts, a.surrogate, a.surrogate_epochs, a.surrogate_images, a.convergence_images, a.detect_images,
+            a.eot_samples) == (3, tmp_path / "s.pt", 4, 1000, 0, 300, 40)
+    d = robustness_args(ap.parse_args(["robustness"]))
+    assert d.eot_samples == 20 and "apgd-dlr" in d.attacks and "seed-apgd-dlr" in d.attacks
