@@ -130,6 +130,11 @@ def _report(meta, config, acc, lat, rob, out: Path) -> Path:
         "![latency](latency/latency.png)",
         "",
         "## Robustness",
+        f"Attacks at demo budgets, chosen to keep the demo at about 5 minutes on 2 cores: {rob['settings']['images']} "
+        f"images, the attacks' steps in their names ({', '.join(a['name'] for a in rob['settings']['attacks'])}), EOT "
+        f"over {rob['settings']['eot_samples']} masks, {rob['settings'].get('restarts', 1)} restart(s). "
+        "`shield bench robustness` runs the same families with longer budgets by default.",
+        "",
         "Details, threat models and sanity checks: [robustness/robustness.md](robustness/robustness.md).",
         "",
         *([f"![worst case](robustness/{Path(rob['files']['worst']).name})"] if "worst" in rob["files"] else []),
