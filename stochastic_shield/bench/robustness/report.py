@@ -145,6 +145,7 @@ def _panel(ax, s: dict, cell, title: str) -> None:
 
 
 def _figure(panels: int, width: float = 4.6):
+    """A figure with PANELS side by side, drawn off-screen (Agg)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -154,6 +155,7 @@ def _figure(panels: int, width: float = 4.6):
 
 
 def _save(fig, path: Path) -> Path:
+    """Write FIG as a PNG to PATH atomically."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     with atomic_file(path, "wb") as f:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .convergence import describe as describe_convergence
 from .grid import eps_key
-from .worst import GROUP_TITLES, GROUPS, worst_key
+from .worst import GROUP_TITLES, worst_key
 
 COLUMNS = ("transfer", "adaptive", "seed", "fresh", "fixed")
 
@@ -18,10 +18,12 @@ def fmt_eps(e: float) -> str:
 
 
 def _acc(c: dict | None) -> str:
+    """'acc [lo, hi]' of a cell, '-' where it did not run."""
     return "-" if c is None else f"{c['accuracy']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}]"
 
 
 def _rows(s: dict) -> list[str]:
+    """Every row label of the settings' configurations, in table order."""
     return [r for c in s["configs"] for r in c["rows"]]
 
 
@@ -83,6 +85,7 @@ def worst_tables(results: dict) -> list[str]:
 
 
 def _rate(d: dict | None, key: str) -> str:
+    """D[KEY] with three decimals, '-' where missing."""
     return "-" if d is None or d.get(key) is None else f"{d[key]:.3f}"
 
 
@@ -136,5 +139,3 @@ def budgets(results: dict) -> list[str]:
         out.append(f"- convergence check: {describe_convergence(conv)}")
     return out + [""]
 
-
-__all__ = ["GROUPS", "budgets", "detection_tables", "fmt_eps", "headline", "worst_tables"]
