@@ -2,8 +2,9 @@
 
 It executes the same QuantPlan as the compiled module, in real values with fake quantization:
 every int8 tensor is represented by scale * (q - zero_point), rounding uses a straight-through
-estimator, the filter runs exactly on the forward pass (BPDA with the identity's gradient for
-the median and bit-depth filters; the Gaussian is differentiable), and MC dropout uses the same
+estimator, the filter runs exactly on the forward pass (for the median and bit-depth filters the backward
+pass is chosen: BPDA with the identity by default; the Gaussian is differentiable), the layers
+before the first dropout run once per image, and MC dropout uses the same
 Philox masks as the board when given a seed. Integer requantization rounds once in fixed point
 on the board and once in float here, so single values may differ by one quantization step.
 """
@@ -46,33 +47,67 @@ class _BPDAIdentity(torch.autograd.Function):
         return g, None
 
 
+FILTER_GRADIENTS = ("identity", "smooth", "exact")
+
+
 class Replica(torch.nn.Module, LayerVisitor):
     """The plan of an int8 artifact as a differentiable PyTorch module: forward(x, T) -> (N, T, K) logits.
 
     ``seed = None`` (the default) draws fresh random masks on every call (what EOT averages over);
     an int seed (with ``sample_offset``) uses the board's own Philox masks for that seed.
     The CONFIG argument is accepted for compatibility; the filters come from the plan itself.
+
+    FILTER_GRAD chooses the backward pass of the median and bit-depth filters (the forward pass is
+    always the exact filter; the Gaussian is always differentiated exactly):
+    "identity" (BPDA with the identity), "smooth" (BPDA with ``attacks.soft_median`` /
+    ``attacks.soft_bits``), "exact" (the median's own gradient, routed through its sort to the
+    median pixel; bit-depth reduction keeps the identity, its own gradient being zero).
+    SKIP_FILTERS leaves out the first links of the filter chain: with 1 and a chain starting with
+    ``bits:B`` the replica is the model *after* bit-depth reduction, which ``attacks.LevelPGD`` searches.
     """
 
-    def __init__(self, plan, config=None):
+    def __init__(self, plan, config=None, filter_grad: str = "identity", skip_filters: int = 0):
+        from .errors import ShieldError
+
         torch.nn.Module.__init__(self)
+        if filter_grad not in FILTER_GRADIENTS:
+            raise ShieldError(f"unknown filter gradient {filter_grad!r}",
+                              f"choose one of: {', '.join(FILTER_GRADIENTS)}")
+        if not (isinstance(skip_filters, int) and skip_filters >= 0):
+            raise ShieldError(f"skip_filters must be an integer >= 0, got {skip_filters!r}")
         self.plan = plan
+        self.filter_grad, self.skip_filters = filter_grad, skip_filters
         self.seed = None
         self.sample_offset = 0
         self._env: dict = {}
-        self._T = 1
+        self._T, self._n, self._expanded, self._filters_seen = 1, 0, True, 0
 
     def forward(self, x: torch.Tensor, T: int = 1) -> torch.Tensor:
         n = x.shape[0]
-        self._T = int(T)
-        self._env = {self.plan.params[0]: x.repeat_interleave(T, dim=0)}  # rows b*T + t, as on the board
+        self._T, self._n, self._expanded = int(T), n, int(T) == 1
+        self._env = {self.plan.params[0]: x}
+        self._filters_seen = 0
         try:
             for lay in self.plan.layers:
                 self.visit(lay)
             out = self._env[self.plan.output]
         finally:
             self._env = {}
+        if not self._expanded:  # no dropout: every pass is the same
+            out = out.repeat_interleave(self._T, dim=0)
         return out.reshape(n, T, -1)
+
+    def _expand(self):
+        """Repeat every live activation T times (rows b*T + t, as on the board), once, at the first dropout.
+
+        The layers before it are deterministic, so they run once per image, as in the compiled
+        module's MC expansion: an EOT step over 20 masks then costs about 2 passes, not 20.
+        """
+        if not self._expanded:
+            self._env = {k: v.repeat_interleave(self._T, dim=0)
+                         if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == self._n else v
+                         for k, v in self._env.items()}
+            self._expanded = True
 
     # ---------------------------------------------------------------- layers
     def visit_float(self, lay):
@@ -80,8 +115,16 @@ class Replica(torch.nn.Module, LayerVisitor):
 
     def visit_filter(self, lay):
         x, spec = self._env[lay.inputs[0]], lay.spec
-        if spec.kind == "gaussian":
+        self._filters_seen += 1
+        if self._filters_seen <= self.skip_filters:
+            self._env[lay.out] = x
+        elif spec.kind == "gaussian" or (spec.kind == "median" and self.filter_grad == "exact"):
             self._env[lay.out] = torch_filter(spec, x)
+        elif self.filter_grad == "smooth":
+            from .attacks import bpda
+            from .attacks.surrogates import smooth_filter
+
+            self._env[lay.out] = bpda(lambda t: torch_filter(spec, t), lambda t: smooth_filter(spec, t))(x)
         else:
             self._env[lay.out] = _BPDAIdentity.apply(x, lambda t: torch_filter(spec, t))
 
@@ -162,6 +205,7 @@ class Replica(torch.nn.Module, LayerVisitor):
         self._env[lay.out] = torch.cat(parts, dim=lay.axis)
 
     def visit_dropout(self, lay):
+        self._expand()
         x = self._env[lay.inputs[0]]
         keep = self._mask(tuple(x.shape), self._T, lay.layer_id, lay.p)
         self._env[lay.out] = x * keep / (1.0 - lay.p)

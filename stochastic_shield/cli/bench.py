@@ -66,19 +66,23 @@ def add_robustness(bench) -> argparse.ArgumentParser:
     """Add 'robustness' to the sub-parsers of 'shield bench'."""
     d = RobustnessArgs()
     p = bench.add_parser(
-        "robustness", help="clean and robust accuracy of the compiled deployments under FGSM, PGD and adaptive attacks",
-        description="Craft adversarial images in PyTorch (on the undefended fp32 model: transfer; on each "
-                    "deployment's replica with EOT and BPDA: adaptive), classify them with the compiled artifacts "
-                    "of fp32, int8, int8+filter, int8+dropout and int8+shield, and write JSON, PNG plots and a "
-                    "Markdown report to -o DIR. Finished cells are kept; --resume skips them.")
+        "robustness", help="clean and robust accuracy of the compiled deployments under the strongest attacks we have",
+        description="Craft adversarial images in PyTorch ((a) transfer: on the undefended fp32 model and on an "
+                    "independently trained surrogate; (b) adaptive: on each deployment's replica with EOT and BPDA; "
+                    "(c) the same with the board's seed known), classify them with the compiled artifacts of fp32, "
+                    "int8, int8+filter, int8+dropout and int8+shield, report the worst case per image of each threat "
+                    "model and detection with a reject option, and write JSON, PNG plots and a Markdown report to "
+                    "-o DIR. Finished cells are kept; --resume skips them.")
     add_model(p, data=False)
     p.add_argument("--dataset", help="the images to attack: an image folder, an .npz, fashion-mnist or cifar10 "
                                      "(default: the model's)")
     p.add_argument("--data-root", help="folder of the data set (test images and int8 calibration)")
     p.add_argument("--limit", type=int, default=d.limit, help=f"the first N test images (default {d.limit})")
     p.add_argument("--attacks", type=comma_list, default=DEFAULT_ATTACKS, metavar="LIST",
-                   help=f"fgsm, pgd<STEPS>, adaptive[<STEPS>] (default {','.join(DEFAULT_ATTACKS)}; adaptive = 20 "
-                        "steps with EOT)")
+                   help="transfer: fgsm, pgd<STEPS>, surrogate[<STEPS>]; adaptive: adaptive (PGD), apgd-ce, apgd-dlr, "
+                        "apgd-da (detection-aware), levels (bit-depth levels), with -smooth or -exact for the filter's "
+                        "gradient and the steps last (apgd-dlr100); seed-<adaptive> with the board's seed known "
+                        f"(default {','.join(DEFAULT_ATTACKS)})")
     p.add_argument("--eps", type=comma_list, metavar="LIST",
                    help="L-inf budgets, fractions allowed (default Fashion-MNIST 0,0.05,0.1,0.2,0.3; "
                         "CIFAR-10 0,2/255,4/255,8/255,16/255)")
@@ -91,6 +95,17 @@ def add_robustness(bench) -> argparse.ArgumentParser:
                    help=f"MC dropout of int8+dropout and int8+shield (default {d.dropout})")
     s.add_argument("--eot-samples", type=int, default=d.eot_samples,
                    help=f"dropout masks averaged per adaptive step ({d.eot_samples})")
+    s.add_argument("--restarts", type=int, default=d.restarts,
+                   help=f"random restarts of APGD, LevelPGD and the surrogate attack ({d.restarts})")
+    s.add_argument("--surrogate", type=Path, help="checkpoint of the transfer surrogate (default: train one on the "
+                                                   "same data with another seed, cached)")
+    s.add_argument("--surrogate-epochs", type=int, default=d.surrogate_epochs,
+                   help=f"epochs of the trained surrogate ({d.surrogate_epochs})")
+    s.add_argument("--surrogate-images", type=int, help="training images of the surrogate (default all)")
+    s.add_argument("--convergence-images", type=int, default=d.convergence_images,
+                   help=f"images of the convergence checks, 0 to skip them ({d.convergence_images})")
+    s.add_argument("--detect-images", type=int, default=d.detect_images,
+                   help=f"held-out clean test images that calibrate the MI thresholds ({d.detect_images})")
     s.add_argument("--seed", type=int, default=d.seed,
                    help=f"the board's dropout seed and the attacks' random starts ({d.seed})")
     c = p.add_argument_group("compilation")
@@ -98,7 +113,7 @@ def add_robustness(bench) -> argparse.ArgumentParser:
     c.add_argument("--batch", type=int, default=d.batch, help=f"static batch of the artifacts (default {d.batch})")
     c.add_argument("--calib", type=int, default=d.calib, help=f"int8 calibration images (default {d.calib})")
     c.add_argument("--craft-batch", type=int, default=d.craft_batch,
-                   help=f"passes per attack batch: images, or images times --eot-samples for EOT ({d.craft_batch})")
+                   help=f"images per attack batch ({d.craft_batch})")
     c.add_argument("--threads", type=int, help="torch threads for the attacks (default: torch's; 1 is often "
                                                "fastest on busy shared cores)")
     add_rpc(p)
@@ -114,7 +129,10 @@ def robustness_args(ns: argparse.Namespace) -> RobustnessArgs:
     """The typed settings of parsed arguments."""
     return RobustnessArgs(checkpoint=model_source(ns), dataset=ns.dataset, data_root=ns.data_root, limit=ns.limit,
                           attacks=tuple(ns.attacks), eps=ns.eps, T=tuple(ns.T), filter=ns.filter, dropout=ns.dropout,
-                          eot_samples=ns.eot_samples, configs=tuple(ns.configs), target=ns.target, rpc=ns.rpc,
+                          eot_samples=ns.eot_samples, restarts=ns.restarts, surrogate=ns.surrogate,
+                          surrogate_epochs=ns.surrogate_epochs, surrogate_images=ns.surrogate_images,
+                          convergence_images=ns.convergence_images, detect_images=ns.detect_images,
+                          configs=tuple(ns.configs), target=ns.target, rpc=ns.rpc,
                           key=ns.key, session_timeout=ns.session_timeout, out=ns.out, seed=ns.seed,
                           resume=ns.resume, batch=ns.batch, craft_batch=ns.craft_batch, calib=ns.calib,
                           threads=ns.threads, progress=not ns.json)

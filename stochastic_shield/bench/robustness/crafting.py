@@ -1,29 +1,37 @@
 """The PyTorch side of a robustness run: the models attacks differentiate, crafting, the gradient check."""
 from __future__ import annotations
 
-import math
 import zlib
 
 import numpy as np
 
-from .grid import AttackSpec, Configuration
+from .grid import DA_CAP, DA_WEIGHT, AttackSpec, Configuration
 from .plan import Plan
 
 
-def eot_replica(rep, samples: int):
-    """EOT over dropout masks in one batched replica call: log of the mean softmax of SAMPLES passes
-    with fresh masks (``EOT(average="probs")``, but the passes share one forward)."""
-    import torch
+BATCH_ROWS = 500
 
-    rep.seed = None  # fresh torch masks at every call
 
-    def model(x):
-        return torch.logsumexp(rep(x, T=samples).log_softmax(-1), dim=1) - math.log(samples)
-    return model
+class ReplicaPasses:
+    """images -> pass logits (N, T, K) of a replica: fresh masks (SEED None: EOT) or the board's (an int SEED).
+
+    ``passes`` is the attribute ``attacks.double(attack, "samples")`` doubles. With REDUCE the log
+    of the mean softmax (N, K) is returned instead, for attacks that take logits (PGD, FGSM).
+    """
+
+    def __init__(self, rep, passes: int, seed: int | None = None, reduce: bool = False):
+        self.rep, self.passes, self.seed, self.reduce = rep, int(passes), seed, reduce
+
+    def __call__(self, x):
+        from ...attacks.losses import log_mean_probs
+
+        self.rep.seed = self.seed  # replicas are shared between the (b) and (c) models
+        out = self.rep(x, T=self.passes)
+        return log_mean_probs(out) if self.reduce else out
 
 
 class Models:
-    """The fp32 model, and each configuration's replica and attack model (built lazily).
+    """The fp32 model, the transfer surrogate, and each configuration's replicas (built lazily).
 
     COMPILE_ARGS(cfg, out) gives the CompileArgs of a configuration: the replica is built from the
     same quantization plan as its artifact.
@@ -35,31 +43,69 @@ class Models:
         self.p = p
         self.fp32 = float_model(p.loaded)
         self._compile_args = compile_args
-        self._models = {}
+        self._plans, self._replicas = {}, {}
+        self._surrogate = None
+        self.surrogate_info = None
+
+    @property
+    def surrogate(self):
+        """The independently trained fp32 surrogate of threat (a) (trained and cached on first use)."""
+        if self._surrogate is None:
+            from .surrogate import surrogate_model
+
+            self._surrogate, self.surrogate_info = surrogate_model(self.p, self.p.say)
+        return self._surrogate
+
+    def replica(self, cfg: Configuration, grad: str = "identity", skip_filters: int = 0):
+        """CFG's Replica with the filter gradient GRAD, without its first SKIP_FILTERS filter links."""
+        from ...replica import Replica
+
+        key = (cfg.name, grad, skip_filters)
+        if key not in self._replicas:
+            if cfg.name not in self._plans:
+                from ...compile.build import prepare_module
+
+                args = self._compile_args(cfg, self.p.out / "artifacts" / cfg.name)
+                self._plans[cfg.name] = prepare_module(args).plan
+            self._replicas[key] = Replica(self._plans[cfg.name], filter_grad=grad, skip_filters=skip_filters)
+        return self._replicas[key]
 
     def attack_model(self, cfg: Configuration):
-        """images -> logits (N, K) the adaptive attacker differentiates for CFG."""
-        if cfg.name not in self._models:
-            if not cfg.int8:
-                self._models[cfg.name] = self.fp32
-            else:
-                from ...compile.build import prepare_module
-                from ...replica import Replica
+        """images -> log-probabilities (N, K) the adaptive attacker differentiates for CFG (EOT, BPDA identity)."""
+        if not cfg.int8:
+            return self.fp32
+        return ReplicaPasses(self.replica(cfg), self.p.args.eot_samples if cfg.stochastic else 1, reduce=True)
 
-                prep = prepare_module(self._compile_args(cfg, self.p.out / "artifacts" / cfg.name))  # reads only
-                rep = Replica(prep.plan, prep.config)
-                self._models[cfg.name] = (eot_replica(rep, self.p.args.eot_samples) if cfg.stochastic
-                                          else (lambda x, rep=rep: rep(x, T=1)[:, 0]))
-        return self._models[cfg.name]
+    def model_for(self, spec: AttackSpec, cfg: Configuration | None, T: int | None = None):
+        """The model SPEC differentiates: fp32 or the surrogate (transfer), else CFG's replica with EOT
+        over fresh masks (b) or with the board's masks for row T (c); LevelPGD's replica skips the bits link."""
+        if spec.kind in ("fgsm", "pgd"):
+            return self.fp32
+        if spec.kind == "surrogate":
+            return self.surrogate
+        if not cfg.int8:
+            return self.fp32
+        a = self.p.args
+        rep = self.replica(cfg, spec.grad, 1 if spec.kind == "levels" else 0)
+        if spec.seed_known:
+            return ReplicaPasses(rep, T, a.seed, reduce=spec.kind == "adaptive")
+        return ReplicaPasses(rep, a.eot_samples if cfg.stochastic else 1, None, reduce=spec.kind == "adaptive")
 
 
-def make_attack(spec: AttackSpec, model, eps: float):
-    """FGSM, or PGD from a random start (the adaptive attack is PGD on an EOT + BPDA model)."""
-    from ...attacks import FGSM, PGD
+def make_attack(spec: AttackSpec, model, eps: float, restarts: int = 1, seed: int = 0, bits: int | None = None,
+                threshold: float | None = None):
+    """The attack object of SPEC on MODEL: FGSM; PGD from a random start (pgd, adaptive); APGD (surrogate,
+    apgd-ce/dlr/da, THRESHOLD the detector's for the detection-aware loss); LevelPGD over BITS levels."""
+    from ...attacks import APGD, FGSM, PGD, DetectionAwareLoss, LevelPGD
 
     if spec.kind == "fgsm":
         return FGSM(model, eps)
-    return PGD(model, eps, steps=spec.steps, random_start=True)
+    if spec.kind in ("pgd", "adaptive"):
+        return PGD(model, eps, steps=spec.steps, random_start=True)
+    if spec.kind == "levels":
+        return LevelPGD(model, eps, bits=bits, steps=spec.steps, restarts=restarts, seed=seed)
+    loss = spec.loss if spec.loss != "da" else DetectionAwareLoss("dlr", DA_WEIGHT, "mi", threshold, DA_CAP)
+    return APGD(model, eps, steps=spec.steps, restarts=restarts, loss=loss, seed=seed)
 
 
 def unit_seed(seed: int, key: str) -> int:
@@ -67,7 +113,7 @@ def unit_seed(seed: int, key: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(key.encode())) % (2 ** 31)
 
 
-def craft(attack, x: np.ndarray, y: np.ndarray, batch: int, seed: int, bar=None, cost: int = 1) -> np.ndarray:
+def craft(attack, x: np.ndarray, y: np.ndarray, batch: int, seed: int, bar=None, cost: float = 1) -> np.ndarray:
     """Adversarial images for X in batches, with the global torch RNG (random starts, EOT masks)
     seeded for this unit and restored afterwards; BAR advances by COST per image."""
     import torch
@@ -105,24 +151,30 @@ def gradient_check(model, x: np.ndarray, y: np.ndarray, seed: int) -> dict:
             "nonzero_fraction": float((per_image > 0).float().mean()), "mean_abs": float(grad.abs().mean())}
 
 
-def progress_bar(total: int, enabled: bool):
-    """Progress in passes (gradient evaluations) per image, so that the ETA weighs EOT and 100-step PGD right."""
+def progress_bar(total: float, enabled: bool):
+    """Progress in attack steps per image, weighted by their cost, so that the ETA weighs EOT and long attacks right."""
     from tqdm import tqdm
 
-    return tqdm(total=total, disable=not enabled, unit="pass", unit_scale=True, desc="attacks", dynamic_ncols=True)
+    return tqdm(total=round(total), disable=not enabled, unit="step", unit_scale=True, desc="attacks",
+                dynamic_ncols=True)
 
 
-def _samples(cfg: Configuration | None, eot_samples: int) -> int:
-    """Passes per image and step: EOT samples on a stochastic replica, else one."""
-    return eot_samples if cfg is not None and cfg.stochastic else 1
+def samples(spec: AttackSpec, cfg: Configuration | None, eot_samples: int, T: int | None = None) -> int:
+    """Passes per image and step: T with the seed known, EOT samples on a stochastic replica, else one."""
+    if spec.threat == "transfer" or cfg is None or not cfg.stochastic:
+        return 1
+    return T if spec.seed_known else eot_samples
 
 
-def cost(spec: AttackSpec, cfg: Configuration | None, eot_samples: int) -> int:
-    """Forward-backward passes per image of an attack unit."""
-    return spec.steps * _samples(cfg, eot_samples)
+def cost(spec: AttackSpec, cfg: Configuration | None, eot_samples: int, restarts: int = 1,
+         T: int | None = None) -> float:
+    """Relative cost per image of an attack unit: steps (times restarts, at most), each step one pass
+    of the layers before the dropout plus about 1/20 of one per sample after it (measured on the Fashion CNN)."""
+    rounds = restarts if spec.kind in ("apgd", "levels", "surrogate") else 1
+    return spec.steps * rounds * (1 + samples(spec, cfg, eot_samples, T) / 20)
 
 
-def images_per_batch(craft_batch: int, cfg: Configuration | None, eot_samples: int) -> int:
-    """Images per attack batch so that a batch holds about CRAFT_BATCH passes: EOT's memory stays
-    bounded, and the replica runs faster on a few hundred rows than on a thousand (cache)."""
-    return max(1, craft_batch // _samples(cfg, eot_samples))
+def images_per_batch(craft_batch: int, passes: int = 1) -> int:
+    """Images per attack batch: CRAFT_BATCH, but at most about BATCH_ROWS rows after the MC expansion
+    (images x PASSES), where the replica's dense layers run fastest (cache; measured on the Fashion CNN)."""
+    return max(1, min(craft_batch, BATCH_ROWS // max(1, passes)))

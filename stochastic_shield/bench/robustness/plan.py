@@ -22,7 +22,13 @@ class RobustnessArgs:
     T: tuple[int, ...] = ROBUSTNESS_T
     filter: str = DEFAULT_FILTER            # the input filter of int8+filter and int8+shield
     dropout: str = DEFAULT_DROPOUT          # the MC dropout of int8+dropout and int8+shield
-    eot_samples: int = 10
+    eot_samples: int = 20                   # fresh masks per adaptive step (AutoAttack's rand version: 20)
+    restarts: int = 1                       # random restarts of APGD, LevelPGD and the surrogate attack
+    surrogate: Path | None = None           # the transfer surrogate's checkpoint (None: train one, cached)
+    surrogate_epochs: int = 2               # training of the surrogate (a minute or two on 2 cores)
+    surrogate_images: int | None = None     # its training images (None: the whole training split)
+    convergence_images: int = 100           # images of the convergence checks (0: skip them)
+    detect_images: int = 500                # held-out clean test images that calibrate the MI thresholds
     configs: tuple[str, ...] = tuple(CONFIGS)
     target: str = TARGET
     rpc: str | None = None                  # HOST:PORT of a server, or of the tracker with key
@@ -32,7 +38,7 @@ class RobustnessArgs:
     seed: int = 0                           # the board's dropout seed, and the attacks' random starts
     resume: bool = False
     batch: int = 32                         # static batch of the compiled artifacts
-    craft_batch: int = 100                  # passes per attack batch: images, or images * eot_samples with EOT
+    craft_batch: int = 100                  # images per attack batch
     threads: int | None = None              # torch threads while crafting (None: torch's default)
     calib: int = 512                        # int8 calibration images
     progress: bool = True
@@ -55,6 +61,7 @@ class Plan:
     endpoint: object = None
     rows: list = field(default_factory=list)
     loaded: object = None                   # the model (compile/sources.py LoadedModel)
+    calib_split: object = None              # held-out clean test images for the detection thresholds, or None
 
     def say(self, msg: str) -> None:
         """A progress line above the progress bars (only with args.progress)."""
@@ -84,6 +91,13 @@ def check_args(args: RobustnessArgs) -> Plan:
         split = check_for_model(align_classes(split, meta["classes"]), meta["input_shape"], len(meta["classes"]))
     if args.limit is not None and args.limit < 1:
         raise ShieldError(f"limit must be at least 1, got {args.limit}")
+    # The test images after the attacked ones calibrate the detector (none left: calibrated in-sample).
+    n, calib_split = len(split.subset(args.limit)), None
+    if args.detect_images and len(split) > n:
+        from ...data import Split
+
+        m = n + args.detect_images
+        calib_split = Split(split.info, split.images[n:m], split.labels[n:m])
     split = split.subset(args.limit)
     attacks = [parse_attack(a) for a in args.attacks]
     if not attacks or len({a.name for a in attacks}) != len(attacks):
@@ -103,13 +117,17 @@ def check_args(args: RobustnessArgs) -> Plan:
     parts = ([f"filter={args.filter}"] if any(c.use_filter for c in configs) else []) + (
         [f"dropout={args.dropout}"] if any(c.use_dropout for c in configs) else [])
     shield = parse_shield("; ".join(parts + ["T=" + ",".join(map(str, Ts))]))
-    for name in ("eot_samples", "batch", "craft_batch", "calib", "threads"):
+    for name in ("eot_samples", "batch", "craft_batch", "calib", "threads", "restarts", "surrogate_epochs",
+                 "surrogate_images"):
         if getattr(args, name) is not None and int(getattr(args, name)) < 1:
             raise ShieldError(f"{name} must be at least 1, got {getattr(args, name)}")
+    for name in ("convergence_images", "detect_images"):
+        if int(getattr(args, name)) < 0:
+            raise ShieldError(f"{name} must be at least 0, got {getattr(args, name)}")
     if args.key and not args.rpc:
         raise ShieldError("--key needs --rpc", "give the tracker as --rpc HOST:PORT")
     endpoint = Endpoint(args.rpc, args.key, session_timeout=args.session_timeout)
     plan = Plan(args, meta, split, attacks, eps, highlight if highlight in eps else None, Ts, configs,
-                Path(args.out), shield, endpoint, loaded=loaded)
+                Path(args.out), shield, endpoint, loaded=loaded, calib_split=calib_split)
     plan.rows = [(c, row, t) for c in configs for row, t in c.rows(Ts)]
     return plan

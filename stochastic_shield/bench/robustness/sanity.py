@@ -18,11 +18,19 @@ def sanity_checks(results: dict) -> list[dict]:
     run (e.g. no fp32 configuration). With n images, accuracies may differ by SLACK_IMAGES / n.
 
     - ``accuracy_falls``: the undefended fp32 model's accuracy does not rise with eps, under every
-      attack, and is lower at the largest eps than clean.
+      attack but the surrogate's transfer, and is lower at the largest eps than clean.
     - ``pgd_stronger_than_fgsm``: on fp32, every PGD leaves at most FGSM's accuracy at every eps.
     - ``unbounded_eps``: PGD with eps = 1 (the whole pixel range) leaves fp32 at most NEAR_ZERO.
     - ``gradients_not_masked``: every model the adaptive attack differentiates (fp32 model, replicas
       with EOT and BPDA) gives finite input gradients, non-zero on NONZERO_GRADIENTS of the images.
+
+    Two more where the run has what they need (only then, so older results keep their four):
+
+    - ``attack_converged`` (an APGD attack of threat (b) ran): doubling its steps, restarts and EOT
+      samples leaves robust accuracy inside the base run's Wilson interval (convergence.py).
+    - ``fixed_seed_not_safer`` (threat (c) ran): on every stochastic row and eps, the worst case
+      with the seed known is at most the worst case of (b) plus SLACK_IMAGES images: knowing the
+      masks can only help the attacker, so a higher number means the (c) attacks are too weak.
     """
     s = results["settings"]
     n = s["images"]
@@ -35,9 +43,9 @@ def sanity_checks(results: dict) -> list[dict]:
         c = lookup(results, attacks[name]["threat"], name, e, "fp32")
         return None if c is None else c["accuracy"]
 
-    # accuracy falls as eps grows
+    # accuracy falls as eps grows (under the attacks that see fp32's own weights: a surrogate's need not transfer)
     lines, ok = [], []
-    for name in attacks:
+    for name in (n for n, a in attacks.items() if a["kind"] != "surrogate"):
         curve = [(e, acc(name, e)) for e in eps]
         curve = [(e, a) for e, a in curve if a is not None]
         if len(curve) < 2:
@@ -81,4 +89,34 @@ def sanity_checks(results: dict) -> list[dict]:
                      "detail": "; ".join(bad) if bad else
                      ", ".join(f"{k}: mean |grad| {g['mean_abs']:.2e}, non-zero on {g['nonzero_fraction']:.0%}"
                                for k, g in grads.items()) or "not run"})
+    verdicts += _strong(results, slack)
     return verdicts
+
+
+def _strong(results: dict, slack: float) -> list[dict]:
+    """The convergence and fixed-seed verdicts, where the run has their data."""
+    from .convergence import describe, verdicts as doubling_verdicts
+    from .worst import worst_cases, worst_key
+
+    out = []
+    conv = results.get("checks", {}).get("convergence")
+    if conv and conv.get("runs", {}).get("base"):
+        v = doubling_verdicts(conv)
+        out.append({"name": "attack_converged", "passed": all(ok for _, ok, _ in v) if v else None,
+                    "detail": describe(conv)})
+    s = results["settings"]
+    if any(a["threat"] == "seed" for a in s["attacks"]):
+        worst = results.get("worst") or worst_cases(results)
+        lines, ok = [], []
+        for row in (r for c in s["configs"] if c["stochastic"] for r in c["rows"]):
+            for e in (e for e in s["eps"] if e > 0):
+                b, c = worst.get(worst_key("adaptive", e, row)), worst.get(worst_key("seed", e, row))
+                if b is None or c is None:
+                    continue
+                ok.append(c["accuracy"] <= b["accuracy"] + slack)
+                if not ok[-1]:
+                    lines.append(f"{row} eps {eps_key(e)}: (c) {c['accuracy']:.3f} > (b) {b['accuracy']:.3f}")
+        out.append({"name": "fixed_seed_not_safer", "passed": all(ok) if ok else None,
+                    "detail": "; ".join(lines) or (f"(c) <= (b) + {SLACK_IMAGES} images on all {len(ok)} (row, eps) "
+                                                   "pairs" if ok else "no row with both (b) and (c)")})
+    return out
