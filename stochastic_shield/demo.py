@@ -103,8 +103,8 @@ def run_demo(args: DemoArgs) -> dict:
               "robustness_s": rob_s, "wall_s": time.perf_counter() - t_start}
     write_json(out / "demo.json", result)
     _step(f"report: {report}")
-    _step(f"plots: {out / 'latency' / 'latency.png'}, {out / 'robustness' / 'robustness_transfer.png'}, "
-          f"{out / 'robustness' / 'robustness_adaptive.png'}  ({result['wall_s']:.0f} s in all)")
+    plots = [str(out / "latency" / "latency.png")] + [v for v in rob["files"].values() if str(v).endswith(".png")]
+    _step(f"plots: {', '.join(plots)}  ({result['wall_s']:.0f} s in all)")
     return result
 
 

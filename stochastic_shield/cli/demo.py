@@ -15,8 +15,9 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="the main job: shielded int8 model on a local board, latency vs T, robustness",
                        description="Compile the shipped Fashion-MNIST model to int8 with the default shield for the "
                                    "host, start a local tracker and RPC board, measure clean accuracy, latency "
-                                   "against T and robustness (FGSM, PGD-20, adaptive EOT+BPDA at eps 0.1) there, "
-                                   "stop the board and write shield-out/REPORT.md with plots. A few minutes; "
+                                   "against T and robustness there (the strongest attacks at demo budgets, three "
+                                   "threat models, eps 0 to 0.1, worst case per image), stop the board and write "
+                                   "shield-out/REPORT.md with plots. About 4 minutes; "
                                    "a rerun resumes the robustness cells already done.")
     p.add_argument("checkpoint", type=Path, nargs="?", help="checkpoint (default: the shipped one)")
     p.add_argument("-o", "--out", type=Path, default=d.out, help=f"output folder (default {d.out})")
