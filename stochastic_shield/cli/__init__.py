@@ -1,7 +1,7 @@
 """The `shield` command: a thin shell that parses arguments, calls a typed function and prints.
 
 One module per command group, each with ``register(subparsers)`` and its ``cmd_*`` functions:
-train, compile (and targets), run (and eval), boards, bench (latency, robustness), tune (and
+train, compile (and targets), run (and eval), boards, bench (latency, robustness), search, tune (and
 schedules), demo. What they share (where to run, JSON output) is in ``common``.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 import warnings
 
 from ..errors import ShieldError
-from . import bench, boards, compile, demo, detect, run, train, tune
+from . import bench, boards, compile, demo, detect, run, search, train, tune
 
 DESCRIPTION = """\
 stochastic-shield: int8 CNNs on small Arm boards, defended against adversarial inputs.
@@ -22,7 +22,7 @@ shipped Fashion-MNIST model and a local board.
 """
 
 # The command groups, in the order 'shield --help' lists them.
-COMMAND_GROUPS = (train, compile, run, detect, boards, bench, tune, demo)
+COMMAND_GROUPS = (train, compile, run, detect, boards, bench, search, tune, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,51 @@
+"""Stage 2 of the search: the strongest evaluation (bench robustness) of one pair on its compiled artifact.
+
+Each pair gets its own robustness run in OUT/final/<slug>, resumable cell by cell and split over
+the boards of a key like `shield bench robustness`; the search reads the worst case per image over
+the attacks a fresh-seed deployment faces ((a) transfer + (b) adaptive) at every eps and T.
+"""
+from __future__ import annotations
+
+import time
+
+from ..bench.robustness.grid import eps_key
+from ..bench.robustness.worst import worst_key
+from .plan import robustness_args
+from .space import NONE, Pair
+
+GROUP = "fresh"  # (a) + (b): the attacks that do not know the seed
+
+
+def final_dir(p, pair: Pair):
+    """Where the pair's robustness run lives."""
+    return p.out / "final" / ("int8" if pair == Pair() else pair.slug)
+
+
+def evaluate_pair(pair: Pair, p) -> dict:
+    """Run the strongest evaluation on PAIR's artifact; returns a JSON-ready entry like screen_pair's,
+    with Wilson intervals, the attacks that ran and where the run's report is."""
+    from ..bench.robustness import run_robustness
+
+    t0 = time.perf_counter()
+    cfg = pair.config_name()
+    args = robustness_args(p.args, configs=(cfg,), out=final_dir(p, pair),
+                           filter=pair.filter if pair.filter != NONE else "none",
+                           dropout=pair.sites() if pair.stochastic else "none")
+    res = run_robustness(args)
+    Ts = pair.rows(p.Ts)
+    rows = {t: f"{cfg} T={t}" if pair.stochastic else cfg for t in Ts}
+    clean = {str(t): res["clean"][row] for t, row in rows.items()}
+    robust, intervals, attacks = {}, {}, set()
+    for eps in p.eps:
+        k = eps_key(eps)
+        cells = {str(t): res["worst"][worst_key(GROUP, eps, row)] for t, row in rows.items()}
+        robust[k] = {t: c["accuracy"] for t, c in cells.items()}
+        intervals[k] = {t: [c["lo"], c["hi"]] for t, c in cells.items()}
+        for c in cells.values():
+            attacks.update(c["attacks"])
+    return {"filter": pair.filter, "dropout": pair.dropout, "T": Ts, "config": cfg,
+            "clean": {t: c["accuracy"] for t, c in clean.items()},
+            "clean_interval": {t: [c["lo"], c["hi"]] for t, c in clean.items()},
+            "robust": robust, "robust_interval": intervals, "attacks": sorted(attacks), "images": p.fixed["images"],
+            "report": res["files"]["report"], "sanity": {v["name"]: v["passed"] for v in res["sanity"]},
+            "computed_cells": res["run"]["computed"], "seconds": round(time.perf_counter() - t0, 2)}
