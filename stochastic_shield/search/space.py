@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..compile.shield.config import ShieldConfig, parse_shield
-from ..compile.shield.filters import parse_filters
 from ..defaults import DEFAULT_DROPOUT, DEFAULT_FILTER
 from ..errors import ShieldError
+
+if TYPE_CHECKING:  # the shield's modules load TVM: imported where used, so `shield --help` stays light
+    from ..compile.shield.config import ShieldConfig
 
 NONE = "none"
 # The default space on the shipped Fashion-MNIST CNN, sized for about an hour on two shared cores: bit
@@ -48,6 +50,8 @@ class Pair:
 
     def shield(self, Ts) -> ShieldConfig | None:
         """The ShieldConfig that compiles this pair in (None: plain int8)."""
+        from ..compile.shield.config import parse_shield
+
         parts = [f"filter={self.filter}"] if self.filter != NONE else []
         if self.stochastic:
             parts.append(f"dropout={self.sites()}")
@@ -71,12 +75,16 @@ DEFAULT_PAIR = Pair(DEFAULT_FILTER, DEFAULT_DROPOUT.replace(",", "+"))
 
 def normalise_filter(text: str) -> str:
     """A filter chain in its canonical compact form ('none' for none); a one-line error when malformed."""
+    from ..compile.shield.filters import parse_filters
+
     specs = parse_filters(str(text))
     return "+".join(map(str, specs)) or NONE
 
 
 def normalise_dropout(text: str) -> str:
     """Dropout sites ('model:0.3', 'pool1:0.1+model:0.3', 'none') in canonical form; rates in (0, 1)."""
+    from ..compile.shield.config import parse_shield
+
     text = str(text).strip()
     if text.lower() in ("", NONE):
         return NONE
