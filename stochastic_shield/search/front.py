@@ -1,8 +1,6 @@
 """Pareto fronts of (clean accuracy, robust accuracy per eps), the finalists of the screening, the best per budget."""
 from __future__ import annotations
 
-from ..bench.robustness.grid import eps_key
-
 
 def score(point: dict) -> float:
     """The objective of one point: its mean worst-case robust accuracy over the eps grid."""
@@ -24,9 +22,8 @@ def pareto(points: list[dict], margin: float = 0.0) -> list[dict]:
     return sorted(front, key=lambda p: (-p["clean"], -score(p)))
 
 
-def pareto_2d(points: list[dict], eps: float) -> list[dict]:
-    """The front of clean accuracy against robust accuracy at one EPS (for its plot panel)."""
-    k = eps_key(eps)
+def pareto_2d(points: list[dict], k: str) -> list[dict]:
+    """The front of clean accuracy against robust accuracy at one eps (its key K, for its plot panel)."""
     flat = [dict(p, robust={k: p["robust"][k]}) for p in points]
     keep = {id(f) for f in pareto(flat)}
     return sorted([p for p, f in zip(points, flat) if id(f) in keep], key=lambda p: p["clean"])

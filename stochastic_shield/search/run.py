@@ -115,7 +115,7 @@ def _summarise(res: dict, p, screened: list[dict]) -> None:
     res["baseline"] = {"pair": BASELINE.key, "clean": base, "clean_screen_replica": res["screen"][BASELINE.key]["clean"]["1"]}
     res["budgets"] = list(p.args.budgets)
     res["front"] = pareto(final)
-    res["fronts"] = {e: pareto_2d(final, float(e)) for e in res["final"][BASELINE.key]["robust"]}
+    res["fronts"] = {e: pareto_2d(final, e) for e in res["final"][BASELINE.key]["robust"]}
     res["best"] = {f"{b:g}": best(final, base, b) for b in p.args.budgets}
     res["screen_front"] = pareto(screened)
     res["incumbent"] = p.incumbent.key
