@@ -30,10 +30,13 @@ def register(sub) -> None:
     p.add_argument("--data-root", help="folder of the data set (test images and int8 calibration)")
     p.add_argument("--budgets", type=comma_floats, default=d.budgets, metavar="LIST",
                    help="clean-accuracy budgets in points below plain int8 (default 1,2)")
-    p.add_argument("--eps", type=comma_list, default=tuple(map(str, d.eps)), metavar="LIST",
+    p.add_argument("--eps", type=comma_list, default=d.eps, metavar="LIST",
                    help="L-inf budgets, fractions allowed (default 0.02,0.05,0.1)")
     p.add_argument("--limit", type=int, default=d.limit,
                    help=f"the first N test images: clean accuracy and the final stage (default {d.limit})")
+    p.add_argument("--clean-images", type=int, default=d.clean_images,
+                   help="the first N test images the finalists' clean accuracy (the budgets) is measured on by "
+                        f"their compiled artifacts; 0: the final stage's images (default {d.clean_images})")
     p.add_argument("--screen-images", type=int, default=d.screen_images,
                    help=f"the first of them the screening attack runs on (default {d.screen_images})")
     s = p.add_argument_group("the space")
@@ -74,7 +77,7 @@ def register(sub) -> None:
 
 def search_args(ns: argparse.Namespace) -> SearchArgs:
     """The typed settings of parsed arguments."""
-    return SearchArgs(checkpoint=model_source(ns), data_root=ns.data_root, limit=ns.limit,
+    return SearchArgs(checkpoint=model_source(ns), data_root=ns.data_root, limit=ns.limit, clean_images=ns.clean_images,
                       screen_images=ns.screen_images, budgets=tuple(ns.budgets), eps=tuple(ns.eps), T=tuple(ns.T),
                       filters=tuple(ns.filters), dropouts=tuple(ns.dropouts), screen_attacks=tuple(ns.screen_attacks),
                       screen_eot=ns.screen_eot, attacks=tuple(ns.attacks), eot_samples=ns.eot_samples,

@@ -22,7 +22,8 @@ class SearchArgs:
 
     checkpoint: Path | None = None          # None: the shipped Fashion-MNIST CNN
     data_root: str | None = None
-    limit: int = 200                        # the first LIMIT test images: clean accuracy and the final stage
+    limit: int = 200                        # the first LIMIT test images: screening clean accuracy, the final stage
+    clean_images: int = 2000                # the first N test images: the finalists' clean accuracy (the budgets)
     screen_images: int = 100                # the first of them that the screening attack runs on
     budgets: tuple[float, ...] = (1.0, 2.0)  # clean-accuracy budgets, points below plain int8
     eps: tuple = (0.02, 0.05, 0.1)
@@ -61,6 +62,7 @@ class SearchPlan:
     Ts: tuple[int, ...]
     out: Path
     incumbent: object = DEFAULT_PAIR
+    clean_split: object = None              # the test images of the budgets' clean accuracy (None: the final stage's)
     fixed: dict = field(default_factory=dict)
 
     def say(self, msg: str) -> None:
@@ -89,6 +91,8 @@ def check_args(a: SearchArgs) -> SearchPlan:
                  "craft_batch", "calib"):
         if int(getattr(a, name)) < 1:
             raise ShieldError(f"{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
+    if int(a.clean_images) < 0:
+        raise ShieldError(f"clean-images must be at least 0, got {a.clean_images}")
     if a.screen_images > a.limit:
         raise ShieldError(f"screen-images ({a.screen_images}) cannot exceed limit ({a.limit})",
                           "the screening attack runs on the first images of the final stage's")
@@ -112,7 +116,8 @@ def check_args(a: SearchArgs) -> SearchPlan:
     pairs = make_space(a.filters, a.dropouts)
     base = check_robustness(robustness_args(a))
     Ts = base.Ts
-    return SearchPlan(a, base, pairs, eps, Ts, Path(a.out), fixed={
+    clean = check_robustness(robustness_args(a, limit=a.clean_images)).split if a.clean_images > a.limit else None
+    return SearchPlan(a, base, pairs, eps, Ts, Path(a.out), clean_split=clean, fixed={
         "images": len(base.split), "screen_images": a.screen_images, "eps": list(eps), "seed": a.seed,
         "weights_sha256": base.meta["weights_sha256"], "dataset": base.split.info.name, "data_root": a.data_root,
         "screen_attacks": list(a.screen_attacks), "screen_eot": a.screen_eot, "attacks": list(a.attacks),

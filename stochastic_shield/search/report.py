@@ -36,9 +36,11 @@ def markdown(res: dict) -> str:
     s, base = res["settings"], res["baseline"]["clean"]
     eps = list(res["final"][res["baseline"]["pair"]]["robust"])
     final = [pt for k, e in res["final"].items() for pt in points(e, k, "final")]
+    n_clean = res["final"][res["baseline"]["pair"]].get("clean_images", s["images"])
     out = ["# Defense search", "",
-           f"Shipped model unless stated, first {s['images']} test images (screening attack on the first "
-           f"{s['screen_images']}), board seed {s['seed']}, eps {', '.join(eps)}, T {s['T']}. Robust accuracy is the "
+           f"Robust accuracy on the first {s['images']} test images (screening attack on the first "
+           f"{s['screen_images']}), clean accuracy of the final stage on the first {n_clean} (compiled artifacts; "
+           f"the budgets count on these), board seed {s['seed']}, eps {', '.join(eps)}, T {s['T']}. Robust accuracy is the "
            "worst case per image over the final attacks that do not know the seed (transfer + adaptive), "
            "in percent; 'mean' averages it over eps and ranks the configurations.", "",
            f"Plain int8: {_pct(base)}% clean. Budgets: {', '.join(f'{b:g}' for b in res['budgets'])} point(s) below it.",

@@ -11,7 +11,7 @@ import time
 
 from .._atomic import write_json
 from ..errors import ShieldError
-from .final import evaluate_pair
+from .final import clean_check, evaluate_pair
 from .front import best, finalists, pareto, pareto_2d
 from .plan import SearchArgs, check_args
 from .report import write_report
@@ -85,14 +85,18 @@ def run_search(args: SearchArgs) -> dict:
     res["finalists"] = chosen
     t1 = time.perf_counter()
     for key in [BASELINE.key, p.incumbent.key] + [k for k in chosen if k not in (BASELINE.key, p.incumbent.key)]:
+        pair = next((q for q in p.pairs if q.key == key), None) or p.incumbent
         if key in res["final"]:
             counts["final_skipped"] += 1
-            continue
-        pair = next((q for q in p.pairs if q.key == key), None) or p.incumbent
-        p.say(f"strongest evaluation of {key}")
-        res["final"][key] = evaluate_pair(pair, p)
-        counts["evaluated"] += 1
-        write_json(path, res)
+        else:
+            p.say(f"strongest evaluation of {key}")
+            res["final"][key] = evaluate_pair(pair, p)
+            counts["evaluated"] += 1
+            write_json(path, res)
+        checked = clean_check(res["final"][key], pair, p)
+        if checked is not res["final"][key]:
+            res["final"][key] = checked
+            write_json(path, res)
     timings["final_this_run_s"] = round(time.perf_counter() - t1, 1)
     timings["screen_s"] = round(sum(e["seconds"] for e in res["screen"].values()), 1)
     timings["final_s"] = round(sum(e["seconds"] for e in res["final"].values()), 1)
