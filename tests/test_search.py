@@ -141,7 +141,11 @@ def test_budgets_count_on_the_clean_images_and_follow_their_setting(tiny):
     (["--screen-attacks", "fgsm"], "screening attacks must be adaptive ones"),
     (["--final-max", "0"], "final-max must be at least 1"),
 ])
-def test_bad_arguments_fail_with_one_line(argv, message, capsys, tmp_path):
+def test_bad_arguments_fail_with_one_line(argv, message, capsys, tmp_path, monkeypatch):
+    def work(*_):
+        raise AssertionError("the arguments passed the checks")  # fail at once rather than run a whole search
+
+    monkeypatch.setattr("stochastic_shield.search.run.screen_pair", work)
     assert main(["search", *argv, "-o", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("shield search: error: ") and message in err and "\n" not in err
