@@ -20,6 +20,19 @@ def _label(pt: dict) -> str:
     return f"filter={pt['filter']}; dropout={pt['dropout']}{t}"
 
 
+def _interval(res: dict, pt: dict, what: str, eps: str | None = None) -> str:
+    """The 95% Wilson interval of a final point's clean or robust accuracy, in percent ('' when not stored)."""
+    iv = res["final"].get(pt["pair"], {}).get(f"{what}_interval", {})
+    iv = (iv.get(eps, {}) if eps is not None else iv).get(str(pt["T"]))
+    return f"[{_pct(iv[0])}, {_pct(iv[1])}]" if iv else ""
+
+
+def _screened(res: dict) -> list[tuple[str, dict]]:
+    """The screening entries of the pairs in this run's space (a resumed file may hold others)."""
+    space = res.get("space", list(res["screen"]))
+    return [(k, res["screen"][k]) for k in space if k in res["screen"]]
+
+
 def _table(pts: list[dict], eps: list[str], base: float) -> list[str]:
     head = "| configuration | clean | vs int8 | " + " | ".join(f"eps={e}" for e in eps) + " | mean |"
     lines = [head, "|---" * (4 + len(eps)) + "|"]
@@ -47,8 +60,8 @@ def markdown(res: dict) -> str:
            "", "## Best configuration per budget", ""]
     for b, pt in res["best"].items():
         out.append(f"- within {b} point(s): " + ("none" if pt is None else
-                   f"**{_label(pt)}**, clean {_pct(pt['clean'])}%, " +
-                   ", ".join(f"eps {e}: {_pct(pt['robust'][e])}%" for e in eps)))
+                   f"**{_label(pt)}**, clean {_pct(pt['clean'])}% {_interval(res, pt, 'clean')}, " +
+                   ", ".join(f"eps {e}: {_pct(pt['robust'][e])}% {_interval(res, pt, 'robust', e)}" for e in eps)))
     inc = [pt for pt in final if pt["pair"] == res.get("incumbent")]
     if inc:
         out += ["", f"The default before this search ({res['incumbent']}):", ""] + _table(inc, eps, base)
@@ -57,17 +70,18 @@ def markdown(res: dict) -> str:
             f"Attacks: {', '.join(s['attacks'])} (those that apply), EOT over {s['eot_samples']} masks, "
             f"{s['restarts']} restart(s); reports per pair under final/.", ""]
     out += _table(sorted(final, key=lambda p: (-score(p), -p["clean"])), eps, base)
-    scr = [pt for k, e in res["screen"].items() for pt in points(e, k)]
+    scr = [pt for k, e in _screened(res) for pt in points(e, k)]
     sbase = res["baseline"]["clean_screen_replica"]
+    n_screen = res["screen"][res["baseline"]["pair"]].get("clean_images", s["images"])
     out += ["", "## Screening (cheap attack, replica)", "",
             f"Attacks: {', '.join(s['screen_attacks'])}, EOT over {s['screen_eot']} masks, on "
-            f"{s['screen_images']} images; clean accuracy on all {s['images']}. Finalists: "
+            f"{s['screen_images']} images; clean accuracy on the first {n_screen} by the replica. Finalists: "
             + ", ".join(f"`{k}`" for k in res.get("finalists", [])) + ".", "",
             "Screening front:", ""] + _table(res["screen_front"], eps, sbase)
     out += ["", "All screened configurations, best first:", ""]
     out += _table(sorted(scr, key=lambda p: (-score(p), -p["clean"])), eps, sbase)
     t = res.get("timings", {})
-    out += ["", "## Timings", "", f"Screening {t.get('screen_s', 0):.0f} s for {len(res['screen'])} pairs, "
+    out += ["", "## Timings", "", f"Screening {t.get('screen_s', 0):.0f} s for {len(_screened(res))} pairs, "
             f"final stage {t.get('final_s', 0):.0f} s for {len(res['final'])} pairs.", ""]
     return "\n".join(out)
 
@@ -85,7 +99,7 @@ def plot(res: dict) -> bytes:
     base = res["baseline"]["clean"]
     fig, axes = plt.subplots(1, len(eps), figsize=(4.2 * len(eps), 3.8), squeeze=False)
     final = [pt for k, e in res["final"].items() for pt in points(e, k, "final")]
-    scr = [pt for k, e in res["screen"].items() for pt in points(e, k)]
+    scr = [pt for k, e in _screened(res) for pt in points(e, k)]
     for ax, e in zip(axes[0], eps):
         ax.scatter([100 * p["clean"] for p in scr], [100 * p["robust"][e] for p in scr], s=8, c="0.75",
                    label="screening (cheap attack)")

@@ -15,7 +15,7 @@ from .final import clean_check, evaluate_pair
 from .front import best, finalists, pareto, pareto_2d
 from .plan import SearchArgs, check_args
 from .report import write_report
-from .screen import points, screen_pair
+from .screen import points, screen_clean, screen_pair
 from .space import BASELINE, Pair
 
 RESULTS = "search.json"
@@ -49,14 +49,16 @@ def run_search(args: SearchArgs) -> dict:
     """Search the defense space for the best robust accuracy within each clean-accuracy budget.
 
     Stage 1 (screening, PyTorch replicas, no build): every (filter chain, dropout) pair of
-    ``args.filters`` x ``args.dropouts`` gets its clean accuracy on the first ``args.limit`` test
-    images at every T (the board's masks for ``args.seed``) and the worst case per image of the
-    cheap ``args.screen_attacks`` (EOT over ``args.screen_eot`` masks) on the first
-    ``args.screen_images``, at every eps. Stage 2 (strongest evaluation): plain int8, the current
-    default and at most ``args.final_max`` finalists (front.finalists: the screening points that can
-    be on the front within the largest budget) go through ``bench robustness`` with ``args.attacks``
-    on their compiled artifacts (split over the boards of ``args.key``); their worst case per image
-    over transfer and adaptive attacks is the objective.
+    ``args.filters`` x ``args.dropouts`` gets its clean accuracy on the first ``args.clean_images``
+    test images (or ``args.limit`` when not more) at every T (the board's masks for ``args.seed``)
+    and the worst case per image of the cheap ``args.screen_attacks`` (EOT over ``args.screen_eot``
+    masks) on the first ``args.screen_images``, at every eps. Stage 2 (strongest evaluation): plain
+    int8, the current default and at most ``args.final_max`` finalists (front.finalists: the screening
+    points that can be on the front within the largest budget) go
+    through ``bench robustness`` with ``args.attacks`` on the first ``args.limit`` images and their
+    compiled artifacts (split over the boards of ``args.key``); their worst case per image over
+    transfer and adaptive attacks is the objective, their clean accuracy on ``args.clean_images``
+    sets the budgets.
 
     Returns the results written to OUT/search.json: ``settings``, ``screen`` and ``final`` (pair
     key -> entry), ``baseline`` (plain int8 clean accuracy the budgets count from), ``front``
@@ -73,11 +75,15 @@ def run_search(args: SearchArgs) -> dict:
     for i, pair in enumerate(p.pairs):
         if pair.key in res["screen"]:
             counts["screen_skipped"] += 1
-            continue
-        p.say(f"screening {i + 1}/{len(p.pairs)}: {pair.key}")
-        res["screen"][pair.key] = screen_pair(pair, p)
-        counts["screened"] += 1
-        write_json(path, res)
+        else:
+            p.say(f"screening {i + 1}/{len(p.pairs)}: {pair.key}")
+            res["screen"][pair.key] = screen_pair(pair, p)
+            counts["screened"] += 1
+            write_json(path, res)
+        checked = screen_clean(res["screen"][pair.key], pair, p)  # a resumed entry: clean images as now set
+        if checked is not res["screen"][pair.key]:
+            res["screen"][pair.key] = checked
+            write_json(path, res)
     timings["screen_this_run_s"] = round(time.perf_counter() - t0, 1)
     base_clean = res["screen"][BASELINE.key]["clean"]["1"]
     screened = [pt for k, e in res["screen"].items() if _in_space(k, p) for pt in points(e, k)]
@@ -98,7 +104,7 @@ def run_search(args: SearchArgs) -> dict:
             res["final"][key] = checked
             write_json(path, res)
     timings["final_this_run_s"] = round(time.perf_counter() - t1, 1)
-    timings["screen_s"] = round(sum(e["seconds"] for e in res["screen"].values()), 1)
+    timings["screen_s"] = round(sum(e["seconds"] for k, e in res["screen"].items() if _in_space(k, p)), 1)
     timings["final_s"] = round(sum(e["seconds"] for e in res["final"].values()), 1)
     _summarise(res, p, screened)
     res["run"] = dict(counts, finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -123,6 +129,7 @@ def _summarise(res: dict, p, screened: list[dict]) -> None:
     res["best"] = {f"{b:g}": best(final, base, b) for b in p.args.budgets}
     res["screen_front"] = pareto(screened)
     res["incumbent"] = p.incumbent.key
+    res["space"] = [q.key for q in p.pairs]
 
 
 def pair_of(point: dict) -> Pair:
