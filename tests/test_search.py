@@ -6,8 +6,8 @@ import pytest
 
 from stochastic_shield.cli import build_parser, main
 from stochastic_shield.errors import ShieldError
-from stochastic_shield.search import (RESULTS, Pair, SearchArgs, best, dominates, finalists, make_space, pareto,
-                                      pareto_2d, run_search, score)
+from stochastic_shield.search import (RESULTS, Pair, SearchArgs, best, dominates, finalists, finalists_per_budget,
+                                      make_space, pareto, pareto_2d, run_search, score)
 from stochastic_shield.search.screen import points
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -63,6 +63,13 @@ def test_finalists_are_within_budget_plus_slack_and_not_beaten_by_the_margin():
     assert "c" in finalists(POINTS, 0.95, 2.0, 1.0, 0.03, 10)
 
 
+def test_finalists_per_budget_give_the_tight_budget_its_own_candidates():
+    assert finalists(POINTS, 0.95, 2.0, 0.0, 0.0, 1) == ["d"]       # by score alone: 2 points down takes the place
+    assert finalists_per_budget(POINTS, 0.95, (2.0, 1.0), 0.0, 0.0, 1) == ["b"]
+    assert finalists_per_budget(POINTS, 0.95, (1.0, 2.0), 0.0, 0.0, 3) == ["b", "d", "a"]
+    assert finalists_per_budget(POINTS, 0.95, (1.0, 2.0), 0.0, 0.0, 3, exclude=("b",)) == ["a", "d"]
+
+
 def test_space_is_canonical_and_starts_with_plain_int8():
     pairs = make_space(["none", "bits:3", " bits:3 "], ["none", "model:0.3", "pool1:0.1+model:0.3"])
     assert pairs[0] == Pair() and len(pairs) == 6 and len(set(pairs)) == 6
@@ -91,6 +98,8 @@ def test_tiny_search_runs_end_to_end_with_a_valid_front(tiny):
     base = res["baseline"]["clean"]
     for b, pt in res["best"].items():
         assert pt is None or pt["clean"] >= base - float(b) / 100 - 1e-12
+    for e in res["screen"].values():                  # finalists chosen on the clean images too (replica)
+        assert e["clean_images"] == 24 and set(e["clean_limit"]) == set(e["clean"]) and e["images"] == 12
     for e in res["final"].values():
         assert e["clean_images"] == 24 and set(e["clean_limit"]) == set(e["clean"])  # the budgets on 24 images
         assert set(e["robust"]) == {"0.05", "0.1"} and all(0 <= v <= c for t, v in e["robust"]["0.05"].items()
@@ -126,6 +135,8 @@ def test_budgets_count_on_the_clean_images_and_follow_their_setting(tiny):
     for k, e in few["final"].items():
         assert "clean_images" not in e and e["clean"] == res["final"][k]["clean_limit"]
         assert e["clean_interval"] == res["final"][k]["clean_limit_interval"]
+    assert all(e["clean"] == res["screen"][k]["clean_limit"] and "clean_images" not in e
+               for k, e in few["screen"].items())
     again = run_search(args)                                                       # measured again on 24
     assert again["final"] == {k: dict(e, clean_check_s=again["final"][k]["clean_check_s"])
                               for k, e in res["final"].items()}

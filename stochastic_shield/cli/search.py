@@ -58,7 +58,8 @@ def register(sub) -> None:
     a.add_argument("--final-max", type=int, default=d.final_max,
                    help=f"finalists at most, besides plain int8 and the current default ({d.final_max})")
     a.add_argument("--slack", type=float, default=d.slack,
-                   help=f"points beyond the largest budget a screened point may lose and still go on ({d.slack:g})")
+                   help="points beyond a budget a screened point may lose and still go on; 0 suits the default "
+                        f"--clean-images, where the replica measures the artifact's clean accuracy ({d.slack:g})")
     a.add_argument("--margin", type=float, default=d.margin,
                    help=f"robust accuracy a screened point must be beaten by to drop out ({d.margin:g})")
     a.add_argument("--seed", type=int, default=d.seed, help=f"the board's dropout seed and the attacks' ({d.seed})")

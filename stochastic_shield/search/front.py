@@ -56,3 +56,21 @@ def finalists(points: list[dict], base: float, budget: float, slack: float, marg
         if p["pair"] not in out:
             out.append(p["pair"])
     return out[:limit]
+
+
+def finalists_per_budget(points: list[dict], base: float, budgets, slack: float, margin: float, limit: int,
+                         exclude=()) -> list[str]:
+    """The finalists of every budget (see finalists) but those in EXCLUDE, taken in turn from the tightest
+    budget on, at most LIMIT.
+
+    A tight budget keeps its own candidates: ranked by score alone, the pairs that lose two points
+    would fill every place, and nothing within one point would be evaluated strongly.
+    """
+    lists = [[k for k in finalists(points, base, b, slack, margin, len(points)) if k not in exclude]
+             for b in sorted(budgets)]
+    out = []
+    for rank in range(max(map(len, lists), default=0)):
+        for keys in lists:
+            if rank < len(keys) and keys[rank] not in out:
+                out.append(keys[rank])
+    return out[:limit]

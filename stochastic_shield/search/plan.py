@@ -36,7 +36,7 @@ class SearchArgs:
     eot_samples: int = 20                   # fresh masks per final-stage step
     restarts: int = 1
     final_max: int = 6                      # finalists at most (besides plain int8 and the current default)
-    slack: float = 1.0                      # points beyond the largest budget a screening point may lose clean
+    slack: float = 0.0                      # points beyond a budget a screened point may lose clean (replica = artifact)
     margin: float = 0.03                    # robust accuracy by which a screening point must be beaten to drop
     target: str = TARGET
     rpc: str | None = None

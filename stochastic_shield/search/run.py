@@ -12,7 +12,7 @@ import time
 from .._atomic import write_json
 from ..errors import ShieldError
 from .final import clean_check, evaluate_pair
-from .front import best, finalists, pareto, pareto_2d
+from .front import best, finalists_per_budget, pareto, pareto_2d
 from .plan import SearchArgs, check_args
 from .report import write_report
 from .screen import points, screen_clean, screen_pair
@@ -53,8 +53,8 @@ def run_search(args: SearchArgs) -> dict:
     test images (or ``args.limit`` when not more) at every T (the board's masks for ``args.seed``)
     and the worst case per image of the cheap ``args.screen_attacks`` (EOT over ``args.screen_eot``
     masks) on the first ``args.screen_images``, at every eps. Stage 2 (strongest evaluation): plain
-    int8, the current default and at most ``args.final_max`` finalists (front.finalists: the screening
-    points that can be on the front within the largest budget) go
+    int8, the current default and at most ``args.final_max`` finalists (front.finalists_per_budget:
+    the screening points that can be on the front within each budget, the budgets taking turns) go
     through ``bench robustness`` with ``args.attacks`` on the first ``args.limit`` images and their
     compiled artifacts (split over the boards of ``args.key``); their worst case per image over
     transfer and adaptive attacks is the objective, their clean accuracy on ``args.clean_images``
@@ -87,10 +87,11 @@ def run_search(args: SearchArgs) -> dict:
     timings["screen_this_run_s"] = round(time.perf_counter() - t0, 1)
     base_clean = res["screen"][BASELINE.key]["clean"]["1"]
     screened = [pt for k, e in res["screen"].items() if _in_space(k, p) for pt in points(e, k)]
-    chosen = finalists(screened, base_clean, p.args.budgets[-1], p.args.slack, p.args.margin, p.args.final_max)
+    chosen = finalists_per_budget(screened, base_clean, p.args.budgets, p.args.slack, p.args.margin,
+                                  p.args.final_max, exclude=(BASELINE.key, p.incumbent.key))
     res["finalists"] = chosen
     t1 = time.perf_counter()
-    for key in [BASELINE.key, p.incumbent.key] + [k for k in chosen if k not in (BASELINE.key, p.incumbent.key)]:
+    for key in [BASELINE.key, p.incumbent.key] + chosen:
         pair = next((q for q in p.pairs if q.key == key), None) or p.incumbent
         if key in res["final"]:
             counts["final_skipped"] += 1
