@@ -30,6 +30,8 @@ from pathlib import Path
 from .. import paths
 from ..defaults import checkpoint_label
 from ..errors import ShieldError
+from ..compile.kernels.seed import seed_defaults
+from ..runtime_py.threads import use_all_cores
 from ..runtime_py.tracker import parse_address, require_key
 from . import database as dbm
 from .progress import CtrlC, Say, boards_left, monitor
@@ -161,6 +163,9 @@ def tune(args: TuneArgs) -> dict:
     if args.warm_start:
         warm_start(cost_model, database, contexts, todo)
     journal = log_dir / f"measurements-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.monotonic_ns()}.jsonl"
+    use_all_cores()  # measure as deployments run: on every core (runtime_py/threads.py)
+    builder, runner = _builder(board, args), _runner(args, key, servers, journal)
+    seed_defaults(database, [t.extracted for t in todo], builder, runner)  # compile never picks worse
     check = functools.partial(boards_left, args.tracker, key) if args.tracker else None
     per_iter = args.num_trials_per_iter or max(2, min(32, budget_left // len(todo)))
     ctrl_c = CtrlC(say)
@@ -173,7 +178,7 @@ def tune(args: TuneArgs) -> dict:
                 tasks=contexts, task_weights=weights, work_dir=str(log_dir),
                 max_trials_global=budget_left, max_trials_per_task=max(t.cap for t in todo),
                 num_trials_per_iter=per_iter,
-                builder=_builder(board, args), runner=_runner(args, key, servers, journal),
+                builder=builder, runner=runner,
                 database=database, cost_model=cost_model,
                 measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), watch],
                 task_scheduler="gradient")

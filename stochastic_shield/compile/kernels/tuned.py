@@ -9,6 +9,7 @@ kernels handled here (their structure changed).
 from __future__ import annotations
 
 import tvm
+import tvm_ffi
 from tvm import s_tir, tirx
 
 from .schedule import with_attrs_of
@@ -48,7 +49,7 @@ class ApplyTunedSerial:
                 continue
             query = normalize(f)
             record = db.query_tuning_record(query, target, gv.name_hint)
-            if record is None or not tvm.ir.structural_equal(query, record.workload.mod):
+            if record is None or not tvm_ffi.structural_equal(query, record.workload.mod):
                 continue
             sch = s_tir.Schedule(record.workload.mod)
             _serial_trace(record.trace).apply_to_schedule(sch, remove_postproc=False)
