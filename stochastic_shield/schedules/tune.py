@@ -39,7 +39,6 @@ from . import database as dbm
 from .progress import CtrlC, Say, boards_left, monitor
 from .lock import database_lock
 from .recovery import drop_torn_tail
-from .seeding import seed_tasks
 from .summary import finish
 from .tasks import extract_tasks, plan, tune_contexts, warm_start
 from .workers import build_candidate, create_session, export_library, on_board
@@ -185,6 +184,7 @@ def _tune(args: TuneArgs, board, key: str, servers: int, say: Say, precision: st
     journal = log_dir / f"measurements-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.monotonic_ns()}.jsonl"
     use_all_cores()  # measure as deployments run: on every core (runtime_py/threads.py)
     builder, runner = _builder(board, args), _runner(args, key, servers, journal)
+    from .seeding import seed_tasks  # here: it imports TVM's intrinsics, and 'shield --help' imports this module
     seeded = seed_tasks(database, todo, builder, runner, budget_left, say)  # so compile never picks worse
     budget_left -= seeded
     todo = [t for t in todo if t.cap > 0]
