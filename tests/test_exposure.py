@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -59,8 +60,13 @@ def test_host_moves_every_program_to_that_address(tmp_path):
         assert st["tracker"]["reachable"] and st["tracker"]["keys"]["host"]["free"] == 1
         assert listening("127.0.0.2", t_port) and not listening("127.0.0.1", t_port)
     finally:
-        shield("boards", "down", env=env)
-    assert not listening("127.0.0.2", t_port)
+        down = shield("boards", "down", env=env)
+    assert down.returncode == 0, down.stderr
+    # The kernel closes a dead program's sockets as it reaps it: allow it a moment, then insist.
+    deadline = time.monotonic() + 10
+    while listening("127.0.0.2", t_port, timeout=0.5) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not listening("127.0.0.2", t_port), (down.stdout, down.stderr)
 
 
 

@@ -70,7 +70,7 @@ class Prepared:
 def prepare_module(args: CompileArgs) -> Prepared:
     """Import, optimize and (with --int8) quantize a checkpoint: the module that 'compile' and 'tune' both build."""
     from .importer import import_source
-    from .pipeline import expand_monte_carlo, optimize, quantize
+    from .pipeline import expand_monte_carlo, optimize, pack_int8, quantize
     from .quantization import QuantSpec
     from .quantization.check import check_quantizable
     from .shield.config import ShieldConfig, parse_shield
@@ -106,6 +106,7 @@ def prepare_module(args: CompileArgs) -> Prepared:
         quantization = dict(spec.describe(), **plan.describe())
         if config is not None:
             mod = expand_monte_carlo(mod, config.T)
+        mod = pack_int8(mod, board.tvm_target())  # dot-product kernels where the board has them
     return Prepared(mod, board, meta, shape, quantization, shield, plan, config)
 
 

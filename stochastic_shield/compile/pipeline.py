@@ -43,6 +43,16 @@ def expand_monte_carlo(mod: tvm.IRModule, t_set) -> tvm.IRModule:
     return ExpandMonteCarlo(t_set)(mod)
 
 
+def pack_int8(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """int8 conv2d / dense as packed dot-product kernels for TARGET (VNNI, sdot, NEON; see kernels/isa.py).
+
+    Returns MOD unchanged on targets without an exact int8 dot-product instruction.
+    """
+    from .kernels import PackInt8
+
+    return PackInt8(target)(mod)
+
+
 def lower(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     """Legalize to TIR and fuse: conv/dense with their elementwise tails (bias, requantize) become one kernel.
 
@@ -57,12 +67,20 @@ def lower(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
 
 
 def build(mod: tvm.IRModule, target: tvm.target.Target, database_dir=None):
-    """Lower, apply tuned schedules from DATABASE_DIR if given, and code-generate MOD for TARGET."""
+    """Lower, apply tuned schedules from DATABASE_DIR if given, and code-generate MOD for TARGET.
+
+    Kernels without a tuned schedule get their default one (kernels/schedule.py); tuned kernels too
+    small to split over cores lose their parallel loops (kernels/tuned.py).
+    """
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     import contextlib
 
+    from .kernels.schedule import DefaultSchedules, kernel_flops
+    from .kernels.tuned import ApplyTunedSerial
+
     mod = lower(mod, target)
+    flops = kernel_flops(mod)  # before tuned schedules replace the kernels (a tensorized one cannot be sized)
     with contextlib.ExitStack() as stack:
         stack.enter_context(target)
         stack.enter_context(tvm.transform.PassContext(opt_level=3))
@@ -72,7 +90,7 @@ def build(mod: tvm.IRModule, target: tvm.target.Target, database_dir=None):
 
             # opened here, not by the pass from a path: the pass's own opening prints a C++ warning
             stack.enter_context(ms.database.JSONDatabase(work_dir=str(database_dir)))
-            passes.append(relax.transform.MetaScheduleApplyDatabase())
-        passes += cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)
+            passes += [ApplyTunedSerial(flops), relax.transform.MetaScheduleApplyDatabase()]
+        passes += [DefaultSchedules()] + cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)
         mod = tvm.transform.Sequential(passes)(mod)
         return tvm.compile(mod, target=target, relax_pipeline=None)

@@ -14,6 +14,7 @@ from ..errors import ShieldError
 from ..rng import check_seed, seed_or_fresh, seed_to_rng
 from .artifact import Artifact, load_artifact
 from .session import Endpoint, open_session
+from .threads import use_all_cores
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Deployment:
             sess, self.dev = self._stack.enter_context(open_session(self.endpoint))
             try:
                 if sess is None:
+                    use_all_cores()
                     lib = tvm.runtime.load_module(str(_cached_library(data, digest)))
                 else:
                     name = self.artifact.library.name

@@ -16,6 +16,7 @@ from ..defaults import EMULATED_PORT, HOST_PORT, TRACKER_PORT  # noqa: F401 - re
 from ..errors import ShieldError
 from . import emulated as _emulated
 from .processes import LOCALHOST, BoardProcess, check_port_free, child_env, listening, spawn, wait_until
+from .threads import with_all_cores
 from .tracker import server_registered, tracker_summary
 
 HOST_KEY = "host"
@@ -125,8 +126,8 @@ def start_host_server(port: int = HOST_PORT, tracker: str | None = DEFAULT_TRACK
         No tracker at TRACKER, the port is in use, the server died or did not become ready.
     """
     cmd = [sys.executable, "-m", "tvm.exec.rpc_server"]
-    return _start_server(cmd, None, "server", name or f"server:{port}", host, port, tracker, key,
-                         log_dir, timeout)
+    return _start_server(cmd, with_all_cores(child_env()), "server", name or f"server:{port}", host, port, tracker,
+                         key, log_dir, timeout)
 
 
 def start_emulated_board(port: int = EMULATED_PORT, tracker: str | None = DEFAULT_TRACKER,
@@ -164,7 +165,7 @@ def start_emulated_board(port: int = EMULATED_PORT, tracker: str | None = DEFAUL
     board = _emulated.build_emulated_board(board_dir, progress=progress)
     cmd = _emulated.board_python_command(board) + ["-m", "tvm.exec.rpc_server"]
     extra = ["--no-fork"] if no_fork else []
-    return _start_server(cmd, _emulated.board_env(child_env()), "emulated",
+    return _start_server(cmd, _emulated.board_env(with_all_cores(child_env())), "emulated",
                          name or f"emulated:{port}", host, port, tracker, key, log_dir, timeout, extra)
 
 

@@ -5,6 +5,7 @@ import contextlib
 import inspect
 import linecache
 import logging
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ def extract_tasks(mod, target, wanted: tuple[str, ...] = ()) -> list[Task]:
     tasks = []
     for t in ms.relax_integration.extract_tasks(mod, target):
         if t.mod.attrs is not None and t.mod.attrs.get("tirx.is_scheduled", False):
+            continue
+        if re.fullmatch(r"reshape\d*", str(t.task_name)):  # a view at run time (vm.builtin.reshape)
             continue
         m = t.dispatched[0]
         tasks.append(Task(str(t.task_name), str(tvm_ffi.structural_hash(m)), int(t.weight),

@@ -33,6 +33,7 @@ from pathlib import Path
 from .. import paths
 from ..defaults import checkpoint_label
 from ..errors import ShieldError
+from ..runtime_py.threads import use_all_cores
 from ..runtime_py.tracker import parse_address, require_key
 from . import database as dbm
 from .progress import CtrlC, Say, boards_left, monitor
@@ -180,12 +181,20 @@ def _tune(args: TuneArgs, board, key: str, servers: int, say: Say, precision: st
     from tvm.s_tir import meta_schedule as ms
 
     database = ms.database.JSONDatabase(work_dir=str(db_dir))
+    journal = log_dir / f"measurements-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.monotonic_ns()}.jsonl"
+    use_all_cores()  # measure as deployments run: on every core (runtime_py/threads.py)
+    builder, runner = _builder(board, args), _runner(args, key, servers, journal)
+    from .seeding import seed_tasks  # here: it imports TVM's intrinsics, and 'shield --help' imports this module
+    seeded = seed_tasks(database, todo, builder, runner, budget_left, say)  # so compile never picks worse
+    budget_left -= seeded
+    todo = [t for t in todo if t.cap > 0]
+    if budget_left <= 0 or not todo:
+        return finish(summary, tasks, db_dir, journal, "done", None, started, seeded, log_dir)
     contexts, weights = tune_contexts(todo, log_dir, population=args.population, seed=args.seed)
     cost_model = ms.cost_model.CostModel.create("xgb", num_tuning_cores=max(1, os.cpu_count() or 1),
                                                 tree_method="auto")
     if args.warm_start:
         warm_start(cost_model, database, contexts, todo)
-    journal = log_dir / f"measurements-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.monotonic_ns()}.jsonl"
     check = functools.partial(boards_left, args.tracker, key) if args.tracker else None
     per_iter = args.num_trials_per_iter or max(2, min(32, budget_left // len(todo)))
     ctrl_c = CtrlC(say)
@@ -198,7 +207,7 @@ def _tune(args: TuneArgs, board, key: str, servers: int, say: Say, precision: st
                 tasks=contexts, task_weights=weights, work_dir=str(log_dir),
                 max_trials_global=budget_left, max_trials_per_task=max(t.cap for t in todo),
                 num_trials_per_iter=per_iter,
-                builder=_builder(board, args), runner=_runner(args, key, servers, journal),
+                builder=builder, runner=runner,
                 database=database, cost_model=cost_model,
                 measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), watch],
                 task_scheduler="gradient")
@@ -213,7 +222,7 @@ def _tune(args: TuneArgs, board, key: str, servers: int, say: Say, precision: st
         status, reason = ("interrupted" if ctrl_c.requested else "stopped"), watch.stop_reason
     finally:
         watch.close()
-    return finish(summary, tasks, db_dir, journal, status, reason, started, watch.measured, log_dir)
+    return finish(summary, tasks, db_dir, journal, status, reason, started, watch.measured + seeded, log_dir)
 
 
 def _check_boards(args: TuneArgs, board: str, key: str) -> int:

@@ -26,6 +26,8 @@ def build_candidate(mod, target, _params=None):
     from tvm.driver import build as tvm_build
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
+    from ..compile.kernels import isa  # noqa: F401 - the fixed dot_16x4_vnni, in every process that builds
+
     return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
 
 

@@ -1,0 +1,15 @@
+"""Packed int8 dot-product kernels: one file per kernel family, the pass that uses them, their default schedules.
+
+isa.py        which exact dot-product instruction a target has; the fixed VNNI intrinsics
+epilogue.py   bias (+128 compensation), requantize, dequantize of an anchor's accumulator
+conv.py       packed conv2d (+ max pool), its TE definition, weight packing and default schedule
+dense.py      packed dense, the same
+layout.py     packed activation forms and the conversions at region boundaries
+match.py      finds the emitter's conv2d / dense chains in a Relax function
+pack_int8.py  PackInt8, the Relax pass
+"""
+from . import isa as _isa  # noqa: F401 - registers the fixed VNNI intrinsics on import
+from .isa import select_isa
+from .pack_int8 import PackInt8
+
+__all__ = ["PackInt8", "select_isa"]

@@ -1,0 +1,90 @@
+"""What follows a packed anchor's int32 accumulator: bias, the reference's int64 requantize, or dequantize.
+
+The arithmetic is the emitter's (quantization/emit_relax.py ``requantize``) verbatim:
+  t = int64(acc + bias) * m0 + rnd;  t = (t >> n) + zp;  code = clamp(t, lo, hi)
+then the code is stored as the packed activation (code + shift, e.g. uint8 = int8 + 128 for VNNI).
+With shifted inputs the accumulator grows by shift * sum(w) per output channel; the bias given to
+the kernel is compensated by exactly that (``compensated_bias``), so ``acc' + bias'`` equals the
+reference's ``acc + bias`` bit for bit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import te, tirx
+
+BLOCK = 16  # output channels per packed block (the VNNI intrinsic's lanes; Arm uses 4 x 4)
+_INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True, eq=False)
+class Epilogue:
+    """Per-output-channel constants of one anchor's tail (int64 arrays of length O, scalars for the clamp).
+
+    Either the requantize (m0, rnd, n, zp, lo, hi) or ``out_scale`` (logits: float32) is set.
+    """
+
+    bias: np.ndarray
+    m0: np.ndarray | None = None
+    rnd: np.ndarray | None = None
+    n: np.ndarray | None = None
+    zp: int = 0
+    lo: int = -128
+    hi: int = 127
+    out_scale: np.ndarray | None = None
+
+    @property
+    def final(self) -> bool:
+        """True when the anchor produces float logits (dequantize tail) instead of int8 codes."""
+        return self.out_scale is not None
+
+    @property
+    def monotonic(self) -> bool:
+        """Requantize is non-decreasing in acc (m0 >= 0): max pool may then run on the accumulators."""
+        return self.m0 is not None and bool((self.m0 >= 0).all())
+
+    @property
+    def channels(self) -> int:
+        return int(self.bias.size)
+
+
+def blocks(c: int, block: int = BLOCK) -> int:
+    """Number of BLOCK-wide blocks holding C channels."""
+    return -(-int(c) // block)
+
+
+def compensated_bias(ep: Epilogue, w_sum: np.ndarray, shift: int) -> np.ndarray | None:
+    """bias - shift * sum(w) per output channel as int32, or None when it would not fit int32."""
+    b = ep.bias.astype(np.int64) - np.int64(shift) * w_sum.astype(np.int64)
+    return b.astype(np.int32) if np.abs(b).max(initial=0) <= _INT32_MAX else None
+
+
+def channel_blocks(a: np.ndarray, dtype: str, cb: int) -> np.ndarray:
+    """A per-channel array zero-padded to CB blocks, shaped [CB, BLOCK] (padded channels: bias 0, m0 0)."""
+    out = np.zeros(cb * BLOCK, dtype)
+    out[:a.size] = np.asarray(a).reshape(-1)
+    return out.reshape(cb, BLOCK)
+
+
+def requant_placeholders(cb: int) -> list:
+    """TE inputs bias (int32), m0, rnd, n (int64), each [CB, BLOCK]."""
+    return [te.placeholder((cb, BLOCK), dt, name=nm) for nm, dt in
+            (("bias", "int32"), ("m0", "int64"), ("rnd", "int64"), ("shift", "int64"))]
+
+
+def requant_arrays(ep: Epilogue, bias: np.ndarray, cb: int) -> list[np.ndarray]:
+    """The numpy values of requant_placeholders (BIAS already compensated)."""
+    return [channel_blocks(bias, "int32", cb), channel_blocks(ep.m0, "int64", cb),
+            channel_blocks(ep.rnd, "int64", cb), channel_blocks(ep.n, "int64", cb)]
+
+
+def requant_expr(acc, q: list, ep: Epilogue, act_dtype: str, shift: int):
+    """int32 ACC plus the compensated bias, requantized, clamped, stored as ACT_DTYPE (code + SHIFT)."""
+    bias, m0, rnd, n = q
+    t = (acc + bias).astype("int64") * m0 + rnd
+    t = tirx.shift_right(t, n) + tirx.const(ep.zp, "int64")
+    t = tirx.Min(tirx.Max(t, tirx.const(ep.lo, "int64")), tirx.const(ep.hi, "int64"))
+    if shift:
+        t = t + tirx.const(shift, "int64")
+    return t.astype(act_dtype)

@@ -1,0 +1,136 @@
+"""Which exact int8 dot-product instruction a target has, and the tensor intrinsics that use it.
+
+The packed kernels reduce 4 int8 products per output lane in one instruction:
+  x86 AVX-512 VNNI  vpdpbusd zmm   16 lanes  u8 x s8  (activations shifted by +128)
+  x86 AVX-VNNI      vpdpbusd ymm    8 lanes  u8 x s8  (same shift, 256-bit registers only)
+  Arm +dotprod      sdot            4 lanes  s8 x s8
+  Arm NEON (A64)    smull + saddlp  4 lanes  s8 x s8  (products fit int16, widened before adding)
+AVX-512 without VNNI (pmaddubsw) saturates its int16 pair sums, so such targets are refused: the
+packed path would silently change results there.
+
+Importing this module (re)registers ``dot_16x4_vnni``: TVM 0.27.0.post1's version fails LLVM 22's
+verifier ("Call parameter type does not match function signature! ... <64 x i8> ...
+@llvm.x86.avx512.vpdpbusd.512"); MetaSchedule's "vnni" rule set uses that name, so tuning and
+replaying tuned traces need the fixed one in every process that schedules kernels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+import tvm.s_tir.tensor_intrin.arm_cpu  # noqa: F401 - registers the Arm dot-product intrinsics
+import tvm.s_tir.tensor_intrin.x86 as _x86
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
+from tvm.target.codegen import llvm_version_major
+
+VNNI_512 = "dot_16x4_vnni"
+VNNI_256 = "shield_dot_8x4_avxvnni"
+
+
+@dataclass(frozen=True)
+class Isa:
+    """An exact int8 dot-product instruction set: activation dtype, its shift, intrinsic and its lanes."""
+
+    name: str
+    act_dtype: str     # activations as the intrinsic reads them
+    shift: int         # added to int8 activations (128: VNNI multiplies u8 by s8)
+    intrin: str        # TensorIntrin name: C[lanes] += A[4] . B[lanes, 4]
+    lanes: int         # int32 outputs of one intrinsic call
+    acc_regs: int      # vector registers a register-blocked tile may hold as accumulators
+    ow_block: int      # most output columns one conv tile keeps in registers
+
+
+ISAS = {
+    "vnni512": Isa("vnni512", "uint8", 128, VNNI_512, 16, 16, 14),
+    "vnni256": Isa("vnni256", "uint8", 128, VNNI_256, 8, 8, 6),
+    "sdot": Isa("sdot", "int8", 0, "dot_4x4_i8i8s32_sdot", 4, 16, 7),
+    "neon": Isa("neon", "int8", 0, "dot_4x4_i8i8s32_neon", 4, 16, 7),
+}
+
+
+def _has(target, feature: str) -> bool:
+    return bool(tvm.get_global_func("target.target_has_feature")(feature, target))
+
+
+def select_isa(target) -> tuple[Isa | None, str]:
+    """(the Isa the packed kernels use on TARGET or None, the reason in words).
+
+    Features come from the target's mcpu/mattr, never from the machine compiling.
+    """
+    target = tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target
+    if target.kind.name != "llvm":
+        return None, f"target kind {target.kind.name} has no packed int8 kernels"
+    triple = str(target.attrs.get("mtriple", "") or "")
+    if triple.startswith("aarch64") or triple.startswith("arm64"):
+        if _has(target, "dotprod"):
+            return ISAS["sdot"], "Arm dotprod (sdot)"
+        return ISAS["neon"], "AArch64 NEON (smull/saddlp)"
+    if triple and not triple.startswith(("x86_64", "i686", "i386")):
+        return None, f"{triple}: no exact int8 dot-product intrinsic"
+    if _has(target, "avx512vnni"):
+        return ISAS["vnni512"], "AVX-512 VNNI (vpdpbusd zmm)"
+    if _has(target, "avxvnni"):
+        return ISAS["vnni256"], "AVX-VNNI (vpdpbusd ymm)"
+    if _has(target, "avx512bw"):
+        return None, "AVX-512 without VNNI: pmaddubsw saturates int16 sums (not bit-exact)"
+    return None, "no VNNI or dot-product feature in the target's mcpu/mattr"
+
+
+@T.prim_func(s_tir=True)
+def _vnni512_impl(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+        a_u8 = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+            C.vload([0], dtype="int32x16"), a_u8, B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+
+
+@T.prim_func(s_tir=True)
+def _vnni256_desc(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((8, 4), "int8", offset_factor=1),
+    C: T.Buffer((8,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        for i in T.serial(0, 8):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _vnni256_impl(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((8, 4), "int8", offset_factor=1),
+    C: T.Buffer((8,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+        a_u8 = T.reinterpret(T.broadcast(a_i32, 8), dtype="uint8x32")
+        # LLVM selects the VEX (AVX-VNNI) encoding of this intrinsic when AVX-512 is absent
+        C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
+            C.vload([0], dtype="int32x8"), a_u8, B.vload([0, 0], dtype="int8x32"), dtype="int32x8")
+
+
+def register() -> None:
+    """Register the fixed dot_16x4_vnni (LLVM >= 21) and the 8-lane AVX-VNNI intrinsic; idempotent."""
+    if llvm_version_major() >= 21:
+        TensorIntrin.register(VNNI_512, _x86.dot_product_16x4_u8i8i32_desc, _vnni512_impl, override=True)
+    TensorIntrin.register(VNNI_256, _vnni256_desc, _vnni256_impl, override=True)
+
+
+register()

@@ -1,0 +1,290 @@
+"""PackInt8: the emitter's int8 conv2d / dense chains become packed dot-product kernels (call_tir).
+
+Applied after ExpandMonteCarlo and before lowering, to every Relax function. For a target whose
+features give an exact int8 dot-product instruction (isa.py), each chain that match.py finds
+becomes one kernel (conv.py, dense.py) reading and writing packed activations (layout.py). A
+packed value flows on through what can take it as it is:
+  flatten (reshape to [N, C*H*W]) of a conv output  a view; the next dense permutes its weight rows
+  repeat along the batch (the shield's T rows)      on the packed rows
+  MC dropout on features in logical order           the same Philox kernel on the codes (+ shift)
+Anything else reads the logical int8 tensor, converted back once where first needed, so layout
+conversions sit only at the boundaries of packed regions. A dropout needs its elements in NCHW
+order (its Philox counters use the flat NCHW index), so a flatten feeding one is put back into
+logical order there, before the T-fold repeat. Without such a target the module is returned
+unchanged (see ``select_isa`` for why AVX-512 without VNNI is refused).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+import tvm
+from tvm import relax, te
+
+from ..shield.dropout import apply_mc_dropout, mc_dropout_info
+from . import conv as convk
+from . import dense as densek
+from . import layout
+from .epilogue import BLOCK, blocks, compensated_bias, requant_arrays
+from .isa import Isa, select_isa
+from .match import Anchor, find_anchors, uses
+
+KERNEL_ATTR = "shield.packed_kernel"  # "conv" | "dense": which default schedule (schedule.py) applies
+ISA_ATTR = "shield.packed_isa"
+
+
+def _c(a: np.ndarray) -> relax.Expr:
+    return relax.const(a, str(a.dtype))
+
+
+def _op(e) -> str:
+    return getattr(e.op, "name", "") if isinstance(e, relax.Call) else ""
+
+
+class _Rewriter:
+    """Re-emits one function, replacing anchors by packed kernels and tracking packed values."""
+
+    def __init__(self, bb: relax.BlockBuilder, mod: tvm.IRModule, isa: Isa, func: relax.Function):
+        self.bb, self.mod, self.isa = bb, mod, isa
+        self.bindings = [b for blk in func.body.blocks for b in blk.bindings]
+        self.ret = func.body.body
+        self.anchors = find_anchors(func)
+        self.replaced = set().union(*(a.replaced for a in self.anchors.values())) if self.anchors else set()
+        self.env: dict = {}      # old var -> new expression of its logical value
+        self.packed: dict = {}   # old var -> (new packed expression, layout.Packed)
+        self.deferred: dict = {}  # old var of a folded repeat -> its input's (packed expression, Packed)
+        self.wants_packed, self.wants_order = self._demand()
+        self.folded = self._folded_repeats()
+
+    # ---- what each value's consumers can take
+
+    def _demand(self) -> tuple[set, set]:
+        """(vars some consumer reads packed, vars a dropout downstream needs in logical order)."""
+        packed, order = set(), set()
+        for b in reversed(self.bindings):
+            v = b.value
+            if b.var in self.anchors:
+                packed.add(self.anchors[b.var].x)
+            elif self._dropout(v) is not None or (_op(v) in ("relax.reshape", "relax.repeat")):
+                x = v.args[1].fields[0] if _op(v) == "relax.call_tir" else v.args[0]
+                if self._dropout(v) is not None:
+                    packed.add(x)
+                    order.add(x)
+                else:
+                    if b.var in packed:
+                        packed.add(x)
+                    if b.var in order:
+                        order.add(x)
+        return packed, order
+
+    def _folded_repeats(self) -> set:
+        """Repeats (axis 0) whose only reader is an MC dropout of the same T: that kernel repeats the rows."""
+        users = uses(self.bindings, self.ret)
+        value_of = {b.var: b.value for b in self.bindings}
+        folded = set()
+        for b in self.bindings:
+            v = b.value
+            if _op(v) != "relax.repeat" or int(v.attrs.axis) != 0 or len(users.get(b.var, [])) != 1:
+                continue
+            reader = users[b.var][0]
+            info = self._dropout(value_of.get(reader))
+            if (info is not None and not info["repeat"] and info["T"] == int(v.attrs.repeats)
+                    and value_of[reader].args[1].fields[0].same_as(b.var)):
+                folded.add(b.var)
+        return folded
+
+    def _dropout(self, v):
+        if _op(v) != "relax.call_tir" or not isinstance(v.args[0], relax.GlobalVar):
+            return None
+        return mc_dropout_info(self.mod[v.args[0]])
+
+    # ---- values in either form
+
+    def logical(self, v):
+        """V's logical value in the new function (converting a packed one back, once)."""
+        if v not in self.env:
+            expr, form = self.packed[v]
+            self.env[v] = self._te(layout.to_logical, expr, "unpack", form=form, isa=self.isa)
+        return self.env[v]
+
+    def sub(self, e):
+        """E with old vars replaced by their logical values."""
+        if isinstance(e, relax.Var) and (e in self.env or e in self.packed):
+            return self.logical(e)
+        if isinstance(e, relax.Tuple):
+            return relax.Tuple([self.sub(f) for f in e.fields])
+        return e
+
+    def packed_input(self, x, kind: str, spec=None):
+        """(expression, Packed) of anchor input X in the form a KIND kernel reads."""
+        if x in self.packed:
+            expr, form = self.packed[x]
+            if kind == "dense" or form.kind == "nchwc":
+                return expr, form
+            x_logical = self.logical(x)
+        else:
+            x_logical = self.sub(x)
+        shape = [int(d) for d in x_logical.ty.shape]
+        if kind == "dense":
+            form = layout.flat(shape[0], shape[1])
+            return self._te(layout.to_flat, x_logical, "pack", form=form, isa=self.isa), form
+        if spec is not None and spec.rows:
+            return self._te(layout.to_rows, x_logical, "pack_rows", spec=spec, isa=self.isa), None
+        form = layout.Packed("nchwc", *shape)
+        return self._te(layout.to_nchwc, x_logical, "pack", isa=self.isa), form
+
+    def _te(self, fn, x, name: str, **static):
+        """Emit conversion FN of X (its other arguments bound) as a TE kernel FuseOps may merge."""
+        return self.bb.emit_te(functools.partial(fn, **static), x, primfunc_name_hint=name)
+
+    # ---- kernels
+
+    def _call(self, name: str, func, kind: str, args: list, out_ty):
+        # opaque (8): FuseOps leaves it alone; no symbol of its own: exported under its unique GlobalVar name
+        func = func.without_attr("global_symbol").with_attrs({KERNEL_ATTR: kind, ISA_ATTR: self.isa.name, "op_pattern": 8})
+        gv = self.bb.add_func(func, name)
+        return self.bb.emit(relax.call_tir(gv, args, out_ty))
+
+    def conv(self, a: Anchor):
+        spec = dataclasses.replace(a.spec, rows=a.x not in self.packed and a.spec.cin < convk.ROWS_MAX_CIN
+                                   and a.spec.dilation[1] == 1)
+        x, _ = self.packed_input(a.x, "conv", spec)
+        o = spec.cout
+        bias = compensated_bias(a.ep, a.w.reshape(o, -1).astype(np.int64).sum(1), self.isa.shift)
+        args = [x, _c(convk.pack_weights(spec, a.w)), *[_c(q) for q in requant_arrays(a.ep, bias, blocks(o))]]
+        y = self._call("packed_conv", convk.conv_func(spec, a.ep, self.isa), "conv", args,
+                       relax.TensorType(convk.output_shape(spec), self.isa.act_dtype))
+        self.packed[a.out] = (y, layout.Packed("nchwc", spec.n, o, *spec.out_hw))
+
+    def dense(self, a: Anchor):
+        x, form = self.packed_input(a.x, "dense")
+        if form.kind == "flat_nchwc" and form.shape[1] % 4:
+            raise AssertionError("flat_nchwc rows are whole blocks of 16")
+        k, o = a.w.shape
+        n, kp = form.shape
+        w = densek.pack_weights(a.w, form.row_index())
+        bias = compensated_bias(a.ep, a.w.astype(np.int64).sum(0), self.isa.shift)
+        func = densek.dense_func(n, kp, o, a.ep, self.isa)
+        if a.ep.final:
+            args = [x, _c(w), _c(bias), _c(a.ep.out_scale.astype(np.float32))]
+            self.env[a.out] = self._call("packed_dense", func, "dense", args, relax.TensorType((n, o), "float32"))
+            return
+        args = [x, _c(w), *[_c(q) for q in requant_arrays(a.ep, bias, blocks(o))]]
+        y = self._call("packed_dense", func, "dense", args,
+                       relax.TensorType((n, blocks(o), BLOCK), self.isa.act_dtype))
+        y = self.bb.emit(relax.op.reshape(y, (n, blocks(o) * BLOCK)))
+        self.packed[a.out] = (y, layout.Packed("flat", n, o, kp=blocks(o) * BLOCK))
+
+    # ---- bindings that pass packed values on
+
+    def passthrough(self, b) -> bool:
+        """Handle a flatten / repeat / dropout of a packed value; False when B is not one (or not packed)."""
+        v = b.value
+        info = self._dropout(v)
+        if info is not None:
+            return self._mc_dropout(b, v, info)
+        if _op(v) == "relax.repeat":
+            return self._repeat(b, v)
+        return _op(v) == "relax.reshape" and self._flatten(b, v)
+
+    def _mc_dropout(self, b, v, info) -> bool:
+        x, repeat = v.args[1].fields[0], info["repeat"]
+        if x in self.deferred:  # the T-fold repeat only this dropout reads: the kernel repeats the rows itself
+            (expr, form), repeat = self.deferred[x], True
+        elif x in self.packed and self.packed[x][1].kind != "nchwc":
+            expr, form = self.packed[x]
+        else:
+            return False
+        if form.kind == "flat_nchwc":
+            expr, form = self._to_order(expr, form)
+        y = apply_mc_dropout(self.bb, expr, self.sub(v.args[1].fields[1]), T=info["T"], p=info["p"],
+                             layer_id=info["layer_id"], zero_point=info["zero_point"] + self.isa.shift,
+                             repeat=repeat)
+        self.packed[b.var] = (y, form.with_rows(form.n * info["T"] if repeat else form.n))
+        return True
+
+    def _repeat(self, b, v) -> bool:
+        x = v.args[0]
+        if x not in self.packed or int(v.attrs.axis) != 0:
+            return False
+        expr, form = self.packed[x]
+        if b.var in self.folded and form.kind != "nchwc":
+            self.deferred[b.var] = (expr, form)
+            return True
+        if b.var not in self.wants_packed:
+            return False
+        reps = int(v.attrs.repeats)
+        self.packed[b.var] = (self.bb.emit(relax.op.repeat(expr, reps, axis=0)), form.with_rows(form.n * reps))
+        return True
+
+    def _flatten(self, b, v) -> bool:
+        x = v.args[0]
+        if x not in self.packed or b.var not in self.wants_packed:
+            return False
+        expr, form = self.packed[x]
+        if form.kind != "nchwc" or [int(d) for d in b.var.ty.shape] != [form.n, form.c * form.h * form.w]:
+            return False
+        flat = form.flattened()
+        y = self.bb.emit(relax.op.reshape(expr, flat.shape))
+        self.packed[b.var] = self._to_order(y, flat) if b.var in self.wants_order else (y, flat)
+        return True
+
+    def _to_order(self, expr, form):
+        """The permutation back to logical order, as its own kernel: fused with the T-fold repeat after
+        it, FuseOps would permute every repeated row (62 us instead of 1 at T=32)."""
+        out = layout.flat(form.n, form.c * form.h * form.w)
+        x = te.placeholder(form.shape, self.isa.act_dtype, name="x")
+        func = te.create_prim_func([x, layout.nchwc_to_flat(x, form, out)]).without_attr("global_symbol")
+        gv = self.bb.add_func(func.with_attr("op_pattern", 8), "to_logical_order")
+        return self.bb.emit(relax.call_tir(gv, [expr], relax.TensorType(out.shape, self.isa.act_dtype))), out
+
+    def binding(self, b) -> None:
+        if b.var in self.anchors:
+            a = self.anchors[b.var]
+            self.conv(a) if a.kind == "conv" else self.dense(a)
+        elif b.var in self.replaced:
+            return
+        elif not self.passthrough(b):
+            v = b.value
+            if isinstance(v, relax.Call):
+                v = relax.Call(v.op, [self.sub(a) for a in v.args], v.attrs, v.ty_args)
+            elif isinstance(v, relax.TupleGetItem):
+                v = relax.TupleGetItem(self.sub(v.tuple_value), v.index)
+            else:
+                v = self.sub(v)
+            self.env[b.var] = self.bb.emit(v, name_hint=b.var.name)
+
+
+def _rewritable(func) -> bool:
+    return (isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr)
+            and all(isinstance(blk, relax.DataflowBlock) for blk in func.body.blocks))
+
+
+@tvm.transform.module_pass(opt_level=0, name="PackInt8")
+class PackInt8:
+    """Rewrite int8 conv2d / dense chains into packed dot-product kernels for TARGET (a no-op elsewhere)."""
+
+    def __init__(self, target):
+        self.isa, self.reason = select_isa(target)
+
+    def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
+        if self.isa is None:
+            return mod
+        todo = {gv: f for gv, f in mod.functions.items() if _rewritable(f) and find_anchors(f)}
+        if not todo:
+            return mod
+        bb = relax.BlockBuilder(tvm.IRModule({g: f for g, f in mod.functions.items() if g not in todo}))
+        for gv, func in todo.items():
+            rw = _Rewriter(bb, mod, self.isa, func)
+            params = [relax.Var(p.name, p.ty) for p in func.params]
+            attrs = dict(func.attrs) if func.attrs is not None else None
+            with bb.function(gv.name_hint, params, attrs=attrs, pure=func.is_pure):
+                with bb.dataflow():
+                    rw.env.update(zip(func.params, params))
+                    for b in rw.bindings:
+                        rw.binding(b)
+                    out = bb.emit_output(rw.sub(func.body.body))
+                bb.emit_func_output(out)
+        entries = [gv.name_hint for gv, f in mod.functions.items() if isinstance(f, relax.Function)]
+        return relax.transform.DeadCodeElimination(entries)(bb.get())

@@ -1,0 +1,112 @@
+"""Default schedules, so that a compile without tuning is fast, and single-threaded launch of small kernels.
+
+``default_schedule(func)`` gives the schedule a kernel gets when no tuning record replaces it:
+  packed conv / dense   the hand schedules of conv.py / dense.py (tensorized, register-blocked)
+  MC dropout            Philox vectorized, parallel over samples when large (shield/dropout.py)
+  injective kernels     every block inlined into the last, innermost loop vectorized (the quantize
+                        and packing prologue: 35 -> 11 us at batch 32)
+The same schedules seed tuning databases as measured records (seed.py), so a tuned schedule that
+replaces one was measured faster than it.
+
+Kernels too small to split run without a parallel loop: handing work to a second thread costs
+1-6 us in TVM's runtime, more than such kernels take (tuned.py does the same to tuned schedules).
+"""
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir, tirx
+
+from ..shield.dropout import mc_dropout_info, schedule_mc_dropout
+from .conv import schedule_conv
+from .dense import schedule_dense
+from .isa import ISAS
+from .pack_int8 import ISA_ATTR, KERNEL_ATTR
+
+PARALLEL_MIN_FLOPS = 10e6    # a packed conv / dense gets a parallel loop from here (conv1 at batch 32: 54 -> 32 us)
+INJECTIVE_PARALLEL = 1 << 16  # elements from which an injective kernel is split over the cores
+_LANES = 16
+
+
+def _flops(func) -> float:
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    try:
+        return float(estimate_tir_flops(tvm.IRModule({"main": func})))
+    except Exception:  # noqa: BLE001 - opaque or unusual kernels: unknown size
+        return float("inf")
+
+
+def _schedule_injective(func) -> s_tir.Schedule | None:
+    """Inline every block into the last, vectorize its innermost loop as it is; None if not injective."""
+    sch = s_tir.Schedule(func)
+    try:
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    except Exception:  # noqa: BLE001 - no root block: not a TE/s_tir kernel
+        return None
+    if not blocks or any(iv.iter_type != 0 for b in blocks for iv in sch.get(b).iter_vars):  # 0: data parallel
+        return None
+    try:
+        for b in blocks[:-1][::-1]:
+            sch.compute_inline(b)
+    except Exception:  # noqa: BLE001 - a block that cannot be inlined: leave the kernel as it is
+        return None
+    loops = sch.get_loops(blocks[-1])
+    if not loops:
+        return None
+    extents = [int(sch.get(lp).extent) for lp in loops]
+    # fusing all loops first would turn a pad's bounds tests into vector div/mod
+    inner = extents[-1]
+    if inner >= 4 * _LANES and inner % _LANES == 0:
+        sch.vectorize(sch.split(loops[-1], [None, _LANES])[1])
+    elif inner <= 4 * _LANES:
+        sch.vectorize(loops[-1])
+    total = 1
+    for e in extents:
+        total *= e
+    if total >= INJECTIVE_PARALLEL and len(loops) > 1:
+        sch.parallel(loops[0])
+    return sch
+
+
+def default_schedule(func: tirx.PrimFunc) -> s_tir.Schedule | None:
+    """The default schedule of FUNC (unscheduled), or None when it has none (it then runs as written)."""
+    attrs = func.attrs if func.attrs is not None else {}
+    try:
+        if KERNEL_ATTR in attrs:
+            isa = ISAS[str(attrs[ISA_ATTR])]
+            parallel = _flops(func) >= PARALLEL_MIN_FLOPS
+            return (schedule_conv if str(attrs[KERNEL_ATTR]) == "conv" else schedule_dense)(func, isa, parallel)
+        if mc_dropout_info(func) is not None:
+            return schedule_mc_dropout(func)
+        return _schedule_injective(func)
+    except Exception:  # noqa: BLE001 - a default schedule that does not fit: the kernel stays correct, unscheduled
+        return None
+
+
+def kernel_flops(mod: tvm.IRModule) -> dict:
+    """{kernel name: estimated flops} of MOD's unscheduled kernels (taken before tuned schedules replace them)."""
+    return {gv.name_hint: _flops(f) for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
+
+
+@tvm.transform.module_pass(opt_level=0, name="DefaultSchedules")
+class DefaultSchedules:
+    """Give every kernel that no tuning record scheduled its default schedule (``default_schedule``)."""
+
+    def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
+        out = mod.clone()
+        for gv, f in mod.functions.items():
+            if not isinstance(f, tirx.PrimFunc) or (f.attrs is not None and "tirx.is_scheduled" in f.attrs):
+                continue
+            sch = default_schedule(f)
+            if sch is not None:
+                out.update_func(gv, with_attrs_of(sch.mod["main"], f))
+        return out
+
+
+def with_attrs_of(scheduled: tirx.PrimFunc, original: tirx.PrimFunc) -> tirx.PrimFunc:
+    """SCHEDULED with ORIGINAL's attributes (its symbol only if it had one), marked scheduled."""
+    if original.attrs is None or "global_symbol" not in original.attrs:
+        scheduled = scheduled.without_attr("global_symbol")
+    if original.attrs is not None:
+        scheduled = scheduled.with_attrs(dict(original.attrs))
+    return scheduled.with_attr("tirx.is_scheduled", True)

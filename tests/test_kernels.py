@@ -1,0 +1,184 @@
+"""Packed int8 dot-product kernels (compile/kernels/): bit-exact with the numpy reference, on the host and on Arm.
+
+The host tests run the VNNI kernels and need a CPU with AVX-512 VNNI (the host board's target
+decides); the emulated tests cross-compile for the Raspberry Pi 5 (sdot) and 4 (NEON) and run on
+the emulated aarch64 board.
+"""
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from torch import nn
+from tvm import relax
+
+from stochastic_shield.compile.build import CompileArgs, compile_with_plan, prepare_module
+from stochastic_shield.compile.importer import import_model
+from stochastic_shield.compile.kernels import PackInt8, select_isa
+from stochastic_shield.compile.pipeline import build, lower, optimize, pack_int8, quantize
+from stochastic_shield.compile.quantization import QuantSpec, run_reference
+from stochastic_shield.data import load_fashion_mnist
+from stochastic_shield.rng import seed_to_rng
+from stochastic_shield.targets import get_board
+
+HOST = get_board("host").tvm_target()
+GENERIC = tvm.target.Target({"kind": "llvm"})
+SHIELD = "dropout=model; T=1,8"
+
+
+def _needs_host_isa():
+    isa, why = select_isa(HOST)
+    if isa is None:
+        pytest.skip(f"the host target has no packed int8 kernels: {why}")
+
+
+def _calls(mod, fn: str) -> list[str]:
+    """Names of the ops and call_tir kernels FN of MOD calls, in order."""
+    out = []
+    for blk in mod[fn].body.blocks:
+        for b in blk.bindings:
+            v = b.value
+            if isinstance(v, relax.Call):
+                name = v.op.name
+                out.append(v.args[0].name_hint if name == "relax.call_tir" else name)
+    return out
+
+
+def _run(ex, fn: str, *args) -> np.ndarray:
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    return vm[fn](*[tvm.runtime.tensor(a) for a in args]).numpy()
+
+
+@pytest.fixture(scope="module")
+def images(fashion_root):
+    return load_fashion_mnist("test", fashion_root).as_float(0, 8)
+
+
+@pytest.fixture(scope="module")
+def calib(fashion_root):
+    return load_fashion_mnist("train", fashion_root).as_float(0, 128)
+
+
+@pytest.fixture(scope="module")
+def shipped_unpacked(shipped, calib):
+    """The shipped model as our int8 module before packing (batch 4), and its plan."""
+    model, _ = shipped
+    return quantize(optimize(import_model(model, (4, 1, 28, 28))), calib, QuantSpec(calib_images=len(calib)))
+
+
+class OddChannels(nn.Module):
+    """Channel counts no block divides: 3 -> 20 -> 36 channels, dense 1764 -> 100 -> 10."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 20, 3, padding=1), nn.Conv2d(20, 36, 3, padding=1)
+        self.fc1, self.fc2 = nn.Linear(36 * 7 * 7, 100), nn.Linear(100, 10)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+def _rgb(x: np.ndarray) -> np.ndarray:
+    """Grey images as 3 different channels."""
+    return np.concatenate([x, 1.0 - x, x * x], axis=1).astype(np.float32)
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_shipped_model_packed_is_bit_exact_with_fewer_kernels(batch, images, fashion_root):
+    _needs_host_isa()
+    prep = prepare_module(CompileArgs(None, "host", batch=batch, calib=128, data_root=str(fashion_root)))
+    calls = _calls(prep.mod, "main")
+    # conv + requantize + max pool and dense + requantize are one kernel each; no pad, pool or conv ops left
+    assert [c for c in calls if c.startswith("packed_")] == ["packed_conv", "packed_conv1", "packed_dense",
+                                                             "packed_dense1"], calls
+    assert not {"relax.nn.conv2d", "relax.matmul", "relax.nn.max_pool2d", "relax.nn.pad"} & set(calls), calls
+    ex = build(prep.mod, HOST)
+    rng = np.random.default_rng(batch)
+    for x in (images[:batch], rng.random((batch, 1, 28, 28), dtype=np.float32)):
+        np.testing.assert_array_equal(_run(ex, "main", x), run_reference(prep.plan, x))
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_odd_channel_counts_are_padded_and_bit_exact(batch, images, calib):
+    _needs_host_isa()
+    torch.manual_seed(0)
+    model = OddChannels().eval()
+    mod = optimize(import_model(model, (batch, 3, 28, 28)))
+    qmod, plan = quantize(mod, _rgb(calib), QuantSpec(calib_images=len(calib)))
+    packed = pack_int8(qmod, HOST)
+    assert sum(c.startswith("packed_") for c in _calls(packed, "main")) == 4
+    ex = build(packed, HOST)
+    rng = np.random.default_rng(7)
+    for x in (_rgb(images[:batch]), rng.random((batch, 3, 28, 28), dtype=np.float32)):
+        np.testing.assert_array_equal(_run(ex, "main", x), run_reference(plan, x))
+
+
+def test_shield_T_passes_packed_are_bit_exact(images, fashion_root):
+    _needs_host_isa()
+    prep = prepare_module(CompileArgs(None, "host", batch=2, calib=128, data_root=str(fashion_root), shield=SHIELD))
+    calls = _calls(prep.mod, "mc_T8")
+    # the dense layers run on 2 x 8 rows; the first dropout repeats the images itself (no repeat op)
+    assert any(c.startswith("packed_dense") for c in calls) and "relax.repeat" not in calls, calls
+    ex = build(prep.mod, HOST)
+    x = images[:2]
+    for T in (1, 8):
+        rng = seed_to_rng(11, sample_offset=3)
+        np.testing.assert_array_equal(_run(ex, f"mc_T{T}", x, rng), run_reference(prep.plan, x, T=T, rng=rng))
+
+
+def test_generic_target_module_is_unchanged(shipped_unpacked):
+    qmod, _ = shipped_unpacked
+    tvm.ir.assert_structural_equal(PackInt8(GENERIC)(qmod), qmod)
+    assert select_isa(GENERIC)[0] is None
+    # the same module for a VNNI target is rewritten (so the assertion above can fail)
+    cascadelake = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake"})
+    assert select_isa(cascadelake)[0].name == "vnni512"
+    assert "packed_conv" in _calls(PackInt8(cascadelake)(qmod), "main")
+
+
+def test_avx512_without_vnni_is_refused(shipped_unpacked):
+    qmod, _ = shipped_unpacked
+    skylake = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    isa, why = select_isa(skylake)
+    assert isa is None and "saturates" in why
+    tvm.ir.assert_structural_equal(PackInt8(skylake)(qmod), qmod)
+
+
+def test_packed_kernels_get_tensorized_default_schedules(shipped_unpacked):
+    from stochastic_shield.compile.kernels.schedule import DefaultSchedules
+
+    qmod, _ = shipped_unpacked
+    with HOST:
+        mod = DefaultSchedules()(lower(pack_int8(qmod, HOST), HOST))
+    packed = {gv.name_hint: f for gv, f in mod.functions.items() if gv.name_hint.startswith("packed_")}
+    assert len(packed) == 4
+    for name, f in packed.items():
+        assert "tirx.is_scheduled" in f.attrs, name
+        assert "vpdpbusd" in f.script(), name  # the dot-product intrinsic, not a scalar loop
+
+
+@pytest.mark.emulated
+@pytest.mark.parametrize("board,instruction", [("rasp5", "sdot"), ("rasp4b64", "smull")])
+def test_arm_packed_kernels_on_the_emulated_board_are_bit_exact(board, instruction, emulated_boards, images,
+                                                                tmp_path, fashion_root):
+    from stochastic_shield.runtime_py.runner import Deployment
+    from stochastic_shield.runtime_py.session import Endpoint
+
+    art = tmp_path / board
+    _, prep = compile_with_plan(CompileArgs(None, board, art, batch=2, calib=128, data_root=str(fashion_root),
+                                            shield=SHIELD, use_db=False))
+    assert select_isa(get_board(board).tvm_target())[0] is not None
+    assert "packed_conv" in _calls(prep.mod, "mc_T8")
+    dis = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(art / "model.so")], capture_output=True,
+                         text=True, check=True).stdout
+    assert dis.count(instruction) >= 16, f"{instruction} x {dis.count(instruction)}"
+    x = images[:2]
+    with Deployment(art, Endpoint(emulated_boards.tracker, "rasp4b64", session_timeout=600)) as dep:
+        for T in (1, 8):
+            got = dep.mc_logits(x, T=T, seed=5).reshape(2 * T, -1)
+            np.testing.assert_array_equal(got, run_reference(prep.plan, x, T=T, rng=seed_to_rng(5)))
