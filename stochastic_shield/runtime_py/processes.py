@@ -143,7 +143,11 @@ def group_members(pgid: int) -> list[tuple[int, str]]:
             stat = Path(entry.path, "stat").read_text()
             # Fields after the ")" that closes the command name: state ppid pgrp ...
             state, _ppid, pgrp = stat.rpartition(")")[2].split()[:3]
-            if int(pgrp) != pgid or state in ("Z", "X"):
+            if int(pgrp) != pgid:
+                continue
+            # A dead leader thread shows Z while the process's other threads still exit, holding its
+            # files (and its listening sockets): only a zombie with no thread left has ended.
+            if state in ("Z", "X") and len(os.listdir(Path(entry.path, "task"))) <= 1:
                 continue
             cmdline = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except (OSError, ValueError):
@@ -183,6 +187,30 @@ def listening(host: str, port: int, timeout: float = 2.0) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
         return True
     return False
+
+
+def listeners(port: int) -> list[tuple[int, str]]:
+    """(pid, cmdline) of the processes with a socket listening on TCP PORT, any address (Linux /proc).
+
+    Unlike a test connection this cannot be fooled by TCP's self-connect, and it names the holder.
+    A listening socket whose holder this user cannot see is reported as pid 0.
+    """
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                f = row.split()
+                if f[3] == "0A" and int(f[1].rpartition(":")[2], 16) == port:  # 0A: LISTEN
+                    inodes.add(f"socket:[{f[9]}]")
+    holders = []
+    for entry in os.scandir("/proc") if inodes else ():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd.path) in inodes for fd in os.scandir(Path(entry.path, "fd"))):
+                cmd = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                holders.append((int(entry.name), cmd.strip()))
+    return holders or [(0, "?")] * bool(inodes)
 
 
 def last_log_line(log: str | os.PathLike) -> str:

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
-import linecache
 import logging
 import re
 import sys
@@ -68,7 +66,9 @@ def tune_contexts(todo: list[Task], log_dir: Path, *, population: int, seed: int
     from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
     from tvm.s_tir.meta_schedule.utils import fork_seed
 
-    _import_tensor_intrinsics()  # before TuneContext does it the slow way
+    from ..compile.kernels.intrinsics import import_all_intrinsics  # here: the package imports TVM
+
+    import_all_intrinsics()  # before TuneContext does it the slow way
     _quiet_metaschedule()
     loggers = get_loggers_from_work_dir(str(log_dir), [t.name for t in todo])
     _console_to_stderr()
@@ -98,37 +98,6 @@ def warm_start(cost_model, database, contexts, todo: list[Task]) -> None:
             cost_model.update(ctx, candidates, [RunnerResult(r.run_secs, None) for r in records])
         except Exception as e:  # noqa: BLE001 - only an optimisation: tune from scratch instead
             logging.getLogger(__name__).warning("warm start of %s skipped: %s", t.name, e)
-
-
-def _import_tensor_intrinsics() -> None:
-    """Import TVM's tensor intrinsics (every TuneContext does) with a cheap ``inspect.stack``: 30-75 s -> 5 s here.
-
-    Each of their ~500 TVMScript functions calls ``inspect.stack()``, which looks up the source of
-    every frame on the stack; for the import machinery's frames ("<frozen importlib._bootstrap>")
-    that means a scan of all of sys.modules (~2000 entries with TVM), each time. TVMScript uses
-    only the frames and their current source line, which ``_frames`` gives without the scans.
-    Done once, on the main thread, before MetaSchedule starts any worker.
-    """
-    if "tvm.s_tir.tensor_intrin" in sys.modules:
-        return
-    real = inspect.stack
-    inspect.stack = _frames
-    try:
-        import tvm.s_tir.tensor_intrin  # noqa: F401
-    finally:
-        inspect.stack = real
-
-
-def _frames(context: int = 1) -> list:
-    """``inspect.stack(context)`` for CONTEXT 0 or 1 (what TVMScript asks), without the source-file scans."""
-    frames, f = [], sys._getframe(1)  # noqa: SLF001 - what inspect.stack itself starts from
-    while f is not None:
-        name, lineno = f.f_code.co_filename, f.f_lineno or 0
-        line = linecache.getline(name, lineno) if context > 0 else ""
-        frames.append(inspect.FrameInfo(f, name, lineno, f.f_code.co_name, [line] if line else None,
-                                        0 if line else None))
-        f = f.f_back
-    return frames
 
 
 def _quiet_metaschedule() -> None:

@@ -1,5 +1,6 @@
 """Packed int8 dot-product kernels: one file per kernel family, the pass that uses them, their default schedules.
 
+intrinsics.py imports TVM's Arm and x86 tensor intrinsics in a second, not half a minute
 isa.py        which exact dot-product instruction a target has; the fixed VNNI intrinsics
 epilogue.py   bias (+128 compensation), requantize, dequantize of an anchor's accumulator
 conv.py       packed conv2d (+ max pool), its TE definition, weight packing and default schedule

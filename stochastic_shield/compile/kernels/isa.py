@@ -15,14 +15,18 @@ replaying tuned traces need the fixed one in every process that schedules kernel
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import tvm
-import tvm.s_tir.tensor_intrin.arm_cpu  # noqa: F401 - registers the Arm dot-product intrinsics
-import tvm.s_tir.tensor_intrin.x86 as _x86
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 from tvm.target.codegen import llvm_version_major
+
+from .intrinsics import PACKAGE, import_cpu_intrinsics
+
+import_cpu_intrinsics()  # registers the Arm dot-product intrinsics (and x86's, which we fix below)
+_x86 = sys.modules[f"{PACKAGE}.x86"]
 
 VNNI_512 = "dot_16x4_vnni"
 VNNI_256 = "shield_dot_8x4_avxvnni"
