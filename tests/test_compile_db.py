@@ -58,7 +58,7 @@ def test_python_compile_applies_a_copied_database_exactly_like_the_cli(dense_db,
     shutil.copytree(dense_db, home)  # a database tuned elsewhere, copied where compile looks
     py = compile_artifact(CompileArgs(None, "host", tmp_path / "py", int8=False))
     cli = _cli_compile(tmp_path / "cli", {"SHIELD_CACHE": str(cache)})
-    assert py["tuning"] == cli["tuning"] == {"database": str(home)}
+    assert py["tuning"] == cli["tuning"] == {"database": str(home), "applied": True, "check": None}
     assert py["library_sha256"] == cli["library_sha256"] != plain["library_sha256"]  # the schedule is in the library
 
     # use_db=False is the CLI's --no-db; db= its --db
@@ -67,7 +67,8 @@ def test_python_compile_applies_a_copied_database_exactly_like_the_cli(dense_db,
     assert off["tuning"] is no_db["tuning"] is None
     assert off["library_sha256"] == no_db["library_sha256"] == plain["library_sha256"]
     explicit = compile_artifact(CompileArgs(None, "host", tmp_path / "explicit", int8=False, db=dense_db))
-    assert explicit["tuning"] == {"database": str(dense_db)} and explicit["library_sha256"] == py["library_sha256"]
+    assert explicit["tuning"] == {"database": str(dense_db), "applied": True, "check": None}
+    assert explicit["library_sha256"] == py["library_sha256"]
 
     # the database belongs to one precision and one board
     assert tuning_database(CompileArgs(None, "host", int8=True)) is None
@@ -75,3 +76,39 @@ def test_python_compile_applies_a_copied_database_exactly_like_the_cli(dense_db,
         tuning_database(CompileArgs(None, "rasp4b64", int8=False, db=dense_db))
     with pytest.raises(ShieldError, match="use_db=False"):
         tuning_database(CompileArgs(None, "host", int8=False, db=dense_db, use_db=False))
+
+
+def test_compile_follows_the_databases_check_while_it_is_current(dense_db, tmp_path, monkeypatch):
+    """checks.json (written by 'shield tune', see test_tuning.py) decides; a database changed since is unchecked."""
+    from stochastic_shield.schedules.verdicts import CHECKS, config_key
+
+    monkeypatch.setenv("SHIELD_CACHE", str(tmp_path / "cache"))
+    db = tmp_path / "db"
+    shutil.copytree(dense_db, db)
+    plain = compile_artifact(CompileArgs(None, "host", tmp_path / "plain", int8=False, use_db=False))
+    tuned = compile_artifact(CompileArgs(None, "host", tmp_path / "tuned", int8=False), database_dir=db)
+    assert tuned["library_sha256"] != plain["library_sha256"]
+
+    def verdict(apply: bool, records: int = 1) -> dict:
+        return {"apply": apply, "tuned_ms": 2.0 if not apply else 1.0, "default_ms": 1.5, "T": 1, "records": records,
+                "where": "local", "checked": "2026-11-30T00:00:00+00:00", "rounds_ms": {}}
+
+    key = config_key("host", "fp32", 1, None)
+    assert key == "host fp32 batch 1"
+    (db / CHECKS).write_text(json.dumps({key: verdict(False), "host fp32 batch 8": verdict(True)}))
+    slower = _cli_compile(tmp_path / "slower", {"SHIELD_CACHE": str(tmp_path / "cache")}, "--db", str(db))
+    assert slower["tuning"]["applied"] is False and "tuned 2 ms vs default 1.5 ms" in slower["tuning"]["why"]
+    assert slower["library_sha256"] == plain["library_sha256"]         # built with the defaults
+    text = subprocess.run([sys.executable, "-m", "stochastic_shield", "compile", "--fp32", "--db", str(db), "-o",
+                           str(tmp_path / "said")], capture_output=True, text=True, timeout=600).stdout
+    assert f"default schedules, not those of {db}" in text
+
+    (db / CHECKS).write_text(json.dumps({key: verdict(True)}))
+    faster = compile_artifact(CompileArgs(None, "host", tmp_path / "faster", int8=False, db=db))
+    assert faster["tuning"]["applied"] is True and faster["tuning"]["check"]["tuned_ms"] == 1.0
+    assert faster["library_sha256"] == tuned["library_sha256"]
+
+    (db / CHECKS).write_text(json.dumps({key: verdict(False, records=0)}))  # taken before the record came
+    stale = compile_artifact(CompileArgs(None, "host", tmp_path / "stale", int8=False, db=db))
+    assert stale["tuning"] == {"database": str(db), "applied": True, "check": None}
+    assert stale["library_sha256"] == tuned["library_sha256"]

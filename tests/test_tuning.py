@@ -22,7 +22,7 @@ from stochastic_shield.cli import main as shield_main
 from stochastic_shield.schedules.tune import TuneArgs, tune
 
 DENSE = "fused_matmul1_add3"   # the host fp32 model's last dense layer: fast to build and measure
-SMALL = dict(population=64, progress=False, session_timeout=60.0)
+SMALL = dict(population=64, progress=False, session_timeout=60.0, check=False)  # check: its own test
 
 
 def _args(db: Path, logs: Path, **kw) -> TuneArgs:
@@ -125,6 +125,33 @@ def test_copied_database_is_found_and_applied_by_compile(host_db, tmp_path, monk
     plain = compile_artifact(CompileArgs(None, "host", tmp_path / "plain", int8=False, use_db=False))
     assert tuned["tuning"] == {"database": str(found)}
     assert tuned["library_sha256"] != plain["library_sha256"]  # the tuned dense kernel is in the library
+
+
+def test_finished_run_checks_tuned_against_default_and_compile_follows(host_db, tmp_path, monkeypatch):
+    """The whole-model check at the end of a run: both builds timed here, the verdict stored and obeyed."""
+    from stochastic_shield.compile.build import CompileArgs, compile_artifact
+    from stochastic_shield.schedules.check import ROUNDS
+    from stochastic_shield.schedules.verdicts import CHECKS
+
+    monkeypatch.setenv("SHIELD_CACHE", str(tmp_path / "cache"))
+    db = tmp_path / "db"
+    shutil.copytree(host_db[1], db)
+    res = tune(_args(db, tmp_path / "logs", trials=4, check=True, check_repeat_ms=5))  # budget reached: check only
+    c = res["check"]
+    assert res["status"] == "budget reached" and c["measured_now"] and c["key"] == "host fp32 batch 1"
+    assert all(len(c["rounds_ms"][k]) == ROUNDS for k in ("tuned", "default"))
+    assert c["apply"] == (c["tuned_ms"] <= c["default_ms"]) and 0 < c["tuned_ms"] < 50 and 0 < c["default_ms"] < 50
+    stored = json.loads((db / CHECKS).read_text())["host fp32 batch 1"]
+    assert stored["records"] == 4 and stored["tuned_ms"] == c["tuned_ms"]
+
+    art = compile_artifact(CompileArgs(None, "host", tmp_path / "art", int8=False, db=db))
+    builds = {applied: compile_artifact(CompileArgs(None, "host", tmp_path / f"a{applied}", int8=False),
+                                        database_dir=db if applied else None)["library_sha256"]
+              for applied in (True, False)}
+    assert builds[True] != builds[False]
+    assert art["tuning"]["applied"] is c["apply"] and art["library_sha256"] == builds[c["apply"]]
+    again = tune(_args(db, tmp_path / "logs", trials=4, check=True))
+    assert not again["check"]["measured_now"] and again["check"]["tuned_ms"] == c["tuned_ms"]  # current: kept
 
 
 def test_corrupt_database_is_a_one_line_error_naming_file_and_line(host_db, tmp_path, capsys):

@@ -54,6 +54,12 @@ def cmd_compile(args) -> None:
     else:
         print(f"wrote {args.out}: {manifest['precision']} {manifest['model']['arch']} for {manifest['target']['name']} "
               f"(input {manifest['input']['shape']}, TVM {manifest['tvm_version']})")
+        tuning = manifest["tuning"]
+        if tuning and not tuning["applied"]:
+            print(f"default schedules, not those of {tuning['database']}: {tuning['why']}")
+        elif tuning:
+            checked = "" if tuning["check"] else " (not checked against the defaults since its last records: run 'shield tune' again)"
+            print(f"tuned schedules from {tuning['database']}{checked}")
 
 
 def cmd_targets(args) -> None:

@@ -48,6 +48,9 @@ def register(subparsers) -> None:
     m.add_argument("--queue-timeout", type=float, default=d.queue_timeout, metavar="S",
                    help=f"seconds to wait for a free board before a measurement fails (default {d.queue_timeout:g})")
     m.add_argument("--seed", type=int, help="random seed of the search")
+    m.add_argument("--no-check", action="store_true",
+                   help="skip the final check (the model built tuned and with the default schedules, timed "
+                        "on the board; compile applies the database only if tuned was not slower)")
     add_json(p, "print the summary as JSON")
     p.set_defaults(func=cmd_tune)
 
@@ -89,7 +92,7 @@ def tune_args(args):
         calib_data=args.calib_data,
         builder_timeout=args.builder_timeout, runner_workers=args.runner_workers,
         session_timeout=args.session_timeout, queue_timeout=args.queue_timeout, seed=args.seed,
-        progress=not args.json)
+        check=not args.no_check, progress=not args.json)
 
 
 def cmd_tune(args) -> None:
@@ -158,6 +161,11 @@ def _print_tune(res: dict) -> None:
         print(f"board {addr}: {b['measured']} measured, {b['failed']} failed{err}")
     print(f"{res['status']}: {res['trials_after']} of {res['budget']} trials in {res['database']} "
           f"({res['measured']} this run, {res['failed']} failed, {res['elapsed_s']:.0f} s)")
+    if res.get("check"):
+        c = res["check"]
+        print(f"check ({c['key']}): tuned {c['tuned_ms']:.4g} ms, default {c['default_ms']:.4g} ms on {c['where']}: "
+              + ("compile applies the tuned schedules" if c["apply"] else
+                 "compile keeps the default schedules (the tuned build was slower)"))
     if res["status"] in ("done", "budget reached"):
         flag = " --fp32" if res["precision"] == "fp32" else ""
         print(f"apply it: shield compile --target {res['target']}{flag} --db {res['database']} -o DIR")

@@ -135,6 +135,18 @@ def tuning_database(args: CompileArgs) -> Path | None:
                             "int8" if args.int8 else "fp32", explicit=args.db)
 
 
+def _apply_check(database_dir: Path, args: CompileArgs, prep: Prepared) -> tuple[Path | None, dict]:
+    """(the database to build with: None where its check found the defaults faster, the manifest's ``tuning``)."""
+    from ..schedules.verdicts import config_key, current_verdict, describe
+
+    key = config_key(prep.board.name, "int8" if args.int8 else "fp32", args.batch, prep.shield)
+    verdict = current_verdict(database_dir, key)
+    tuning = {"database": str(database_dir), "applied": True, "check": verdict}
+    if verdict is not None and not verdict["apply"]:
+        return None, tuning | {"applied": False, "why": f"its check found the tuned build slower: {describe(verdict)}"}
+    return database_dir, tuning
+
+
 _RESOLVE = object()  # compile_artifact's database_dir when not given: tuning_database(args)
 
 
@@ -146,14 +158,17 @@ def compile_artifact(args: CompileArgs, database_dir=_RESOLVE) -> dict:
     return compile_with_plan(args, database_dir)[0]
 
 
-def compile_with_plan(args: CompileArgs, database_dir=_RESOLVE) -> tuple[dict, Prepared]:
+def compile_with_plan(args: CompileArgs, database_dir=_RESOLVE, prep: Prepared | None = None) -> tuple[dict, Prepared]:
     """Import, compile and export a model for a board: (the manifest written beside the library, the Prepared
     module with its quantization plan, for the numpy reference and the PyTorch replica).
 
     The tuned schedules of the model's database are applied as ``shield compile`` applies them
     (see :func:`tuning_database`; ``args.db`` names another database, ``args.use_db=False`` builds
-    with untuned defaults); the manifest's ``tuning`` records the database used. DATABASE_DIR, if
-    given, overrides that choice: a database folder, or None for untuned defaults.
+    with untuned defaults), unless the database's whole-model check (``shield tune``) found this
+    configuration slower tuned than with the defaults; the manifest's ``tuning`` records the
+    database, whether it was applied and that check. DATABASE_DIR, if given, overrides that choice:
+    a database folder (applied, whatever its check says), or None for untuned defaults. PREP: the
+    Prepared module of ARGS, when the caller has it already (it is built once, not twice).
     """
     import tvm
 
@@ -161,9 +176,13 @@ def compile_with_plan(args: CompileArgs, database_dir=_RESOLVE) -> tuple[dict, P
 
     board = get_board(args.target)
     fcompile = board.fcompile()     # fail early on a missing cross compiler
-    if database_dir is _RESOLVE:
+    resolve = database_dir is _RESOLVE
+    if resolve:
         database_dir = tuning_database(args)
-    prep = prepare_module(args)
+    prep = prep or prepare_module(args)
+    tuning = {"database": str(database_dir)} if database_dir else None
+    if resolve and database_dir:
+        database_dir, tuning = _apply_check(database_dir, args, prep)
     ex = build(prep.mod, board.tvm_target(), database_dir)
     meta, shape = prep.meta, prep.input_shape
     out = Path(args.out)
@@ -192,7 +211,7 @@ def compile_with_plan(args: CompileArgs, database_dir=_RESOLVE) -> tuple[dict, P
             "quantization": prep.quantization,
             "shield": prep.shield,
             "functions": _functions(prep),
-            "tuning": {"database": str(database_dir)} if database_dir else None,
+            "tuning": tuning,
             "tvm_version": tvm.__version__,
             "built_on": platform.node(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -39,7 +39,7 @@ from . import database as dbm
 from .progress import CtrlC, Say, boards_left, monitor
 from .lock import database_lock
 from .recovery import drop_torn_tail
-from .summary import finish
+from .summary import finish as _finish
 from .tasks import extract_tasks, plan, tune_contexts, warm_start
 from .workers import build_candidate, create_session, export_library, on_board
 
@@ -79,6 +79,8 @@ class TuneArgs:
     seed: int | None = None
     warm_start: bool = True            # train the cost model on the database's records first
     log_dir: Path | None = None        # MetaSchedule's logs (default: $SHIELD_CACHE/tuning-logs/<db>-<time>)
+    check: bool = True                 # at the end, time the model tuned against default (check.py)
+    check_repeat_ms: int = 20          # each timed repeat of that check lasts at least this long
     progress: bool = True
 
 
@@ -147,10 +149,17 @@ def _tune(args: TuneArgs, board, key: str, servers: int, say: Say, precision: st
     from ..compile.build import CompileArgs, prepare_module
     from ..compile.pipeline import lower
 
-    prep = prepare_module(CompileArgs(args.checkpoint, args.target, batch=args.batch, int8=args.int8,
-                                      calib=args.calib, observer=args.observer, allow_fp32=args.allow_fp32,
-                                      data_root=args.data_root, progress=args.progress, shield=args.shield,
-                                      calib_data=args.calib_data))
+    cargs = CompileArgs(args.checkpoint, args.target, batch=args.batch, int8=args.int8,
+                        calib=args.calib, observer=args.observer, allow_fp32=args.allow_fp32,
+                        data_root=args.data_root, progress=args.progress, shield=args.shield,
+                        calib_data=args.calib_data)
+    prep = prepare_module(cargs)
+
+    def finish(*a, **kw) -> dict:  # the summary, with the whole-model check of a finished run
+        summary = _finish(*a, **kw)
+        if args.check and summary["status"] in ("done", "budget reached") and summary["trials_after"]:
+            summary["check"] = _check(args, key, prep, cargs, db_dir, say)
+        return summary
 
     target = board.tvm_target()
     tasks = extract_tasks(lower(prep.mod, target), target, args.tasks)
@@ -223,6 +232,23 @@ def _tune(args: TuneArgs, board, key: str, servers: int, say: Say, precision: st
     finally:
         watch.close()
     return finish(summary, tasks, db_dir, journal, status, reason, started, watch.measured + seeded, log_dir)
+
+
+def _check(args: TuneArgs, key: str, prep, cargs, db_dir: Path, say: Say) -> dict:
+    """The database's verdict for this configuration: the current one, else measured now (check.py)."""
+    from ..runtime_py.runner import TimingSpec
+    from ..runtime_py.session import Endpoint
+    from .check import check_tuned
+    from .verdicts import config_key, current_verdict
+
+    key_ = config_key(prep.board.name, "int8" if args.int8 else "fp32", args.batch, prep.shield)
+    verdict = current_verdict(db_dir, key_)
+    if verdict is not None:
+        return verdict | {"key": key_, "measured_now": False}
+    endpoint = Endpoint(args.tracker, key, session_timeout=args.session_timeout,
+                        queue_timeout=args.queue_timeout) if args.tracker else Endpoint()
+    timing = TimingSpec(number=10, repeat=7, warmup=3, min_repeat_ms=args.check_repeat_ms)
+    return check_tuned(prep, cargs, db_dir, endpoint, timing, say) | {"measured_now": True}
 
 
 def _check_boards(args: TuneArgs, board: str, key: str) -> int:

@@ -1,0 +1,56 @@
+"""Tuned against default, measured whole: the verdict that keeps compile from applying slower schedules.
+
+Each kernel's record in a database was measured on its own, minutes apart from the others, on a
+board whose load changes, and compile applies the fastest record of each kernel. The model built
+from them can still run slower than with the default schedules (seen at batch 1: 0.0202 ms
+tuned, 0.0154 ms default). So at the end of a run ``shield tune`` builds the model both ways,
+times the two on the board in alternating rounds, and writes the verdict into the database's
+``checks.json``, one entry per configuration (board, precision, batch, shield). ``shield compile``
+applies the database only when the verdict for its configuration says the tuned build was not
+slower; a database that gained records after its check counts as unchecked (applied, and the
+manifest says so) until the next ``shield tune`` checks it again.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import statistics
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from .verdicts import config_key, record, valid_records
+
+ROUNDS = 4  # alternating tuned/default rounds, each a full time-evaluator run (medians of medians)
+
+
+def check_tuned(prep, compile_args, db_dir: Path, endpoint, timing, say=None) -> dict:
+    """Build PREP with DB_DIR's schedules and with the defaults, time both on ENDPOINT, record the verdict.
+
+    PREP: the Prepared module of COMPILE_ARGS (compile.build.prepare_module), built twice here;
+    TIMING: a runner.TimingSpec for each round. A shielded model is timed at its largest T.
+    Returns the verdict written under the configuration's key in DB_DIR/checks.json.
+    """
+    from ..compile.build import compile_with_plan
+    from ..runtime_py.runner import Deployment
+
+    key = config_key(prep.board.name, "int8" if compile_args.int8 else "fp32", compile_args.batch, prep.shield)
+    if say is not None:
+        say(f"checking the tuned build against the defaults on {endpoint.describe()} ({ROUNDS} rounds each)")
+    times: dict[str, list[float]] = {"tuned": [], "default": []}
+    with tempfile.TemporaryDirectory(prefix="shield-check-") as tmp:
+        for name, db in (("tuned", db_dir), ("default", None)):
+            compile_with_plan(replace(compile_args, out=Path(tmp) / name, progress=False), db, prep=prep)
+        T = max(prep.shield["T"]) if prep.shield and prep.shield["stochastic"] else 1
+        for r in range(ROUNDS):
+            for name in ("tuned", "default") if r % 2 == 0 else ("default", "tuned"):
+                with Deployment(str(Path(tmp) / name), endpoint) as dep:
+                    times[name].append(dep.time(timing, T=T)["median_ms"])
+    tuned_ms, default_ms = statistics.median(times["tuned"]), statistics.median(times["default"])
+    verdict = {"apply": tuned_ms <= default_ms, "tuned_ms": tuned_ms, "default_ms": default_ms, "T": T,
+               "rounds_ms": times, "where": endpoint.describe(), "records": valid_records(db_dir),
+               "checked": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    record(db_dir, key, verdict)
+    if say is not None:
+        say(f"check: tuned {tuned_ms:.4g} ms, default {default_ms:.4g} ms -> compile applies "
+            + ("the tuned schedules" if verdict["apply"] else "the defaults (the tuned build was slower)"))
+    return verdict | {"key": key}
