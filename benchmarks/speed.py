@@ -77,8 +77,11 @@ def _compile(work: Path, batch: int, shield: str | None, db: Path | None):
 
     tag = f"{'shield' if shield else 'int8'}-b{batch}-{'tuned' if db else 'untuned'}"
     out = work / "artifacts" / tag
-    compile_artifact(CompileArgs(None, "host", out, batch=batch, int8=True, shield=shield, use_db=False),
-                     database_dir=db)
+    # tuned: as 'shield compile --db' builds it, which keeps the defaults where the tuning run's check
+    # found the tuned build slower (schedules/check.py)
+    m = compile_artifact(CompileArgs(None, "host", out, batch=batch, int8=True, shield=shield, db=db, use_db=bool(db)))
+    if db and not m["tuning"]["applied"]:
+        print(f"{tag}: {m['tuning']['why']}", file=sys.stderr)
     return out
 
 
@@ -105,7 +108,7 @@ def _tune(work: Path, trials: int, batch: int, shield: str | None) -> Path:
     res = tune(TuneArgs(None, "host", trials=trials, int8=True, batch=batch, shield=shield, db=db, progress=True))
     print(f"tuned {db.name}: {res['status']}, {res['trials_after']} trials, {time.monotonic() - t0:.0f} s",
           file=sys.stderr)
-    return db
+    return db, res
 
 
 def _systems(args: SpeedArgs, work: Path) -> tuple[list[System], dict]:
@@ -120,8 +123,9 @@ def _systems(args: SpeedArgs, work: Path) -> tuple[list[System], dict]:
     if args.tune:
         for key, (batch, shield) in {"int8-b1": (1, None), "int8-b32": (32, None), "shield-b1": (1, SHIELD)}.items():
             t0 = time.monotonic()
-            dbs[key] = _tune(work, args.tune, batch, shield)
-            tuning[key] = {"trials": args.tune, "database": str(dbs[key]), "wall_s": round(time.monotonic() - t0, 1)}
+            dbs[key], res = _tune(work, args.tune, batch, shield)
+            tuning[key] = {"trials": args.tune, "database": str(dbs[key]), "wall_s": round(time.monotonic() - t0, 1),
+                           "tuning_s": res["elapsed_s"], "check": res.get("check")}
     for group, tuned in (("ours", False), ("ours tuned", True)):
         if tuned and not args.tune:
             continue

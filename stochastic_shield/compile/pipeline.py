@@ -74,6 +74,18 @@ def build(mod: tvm.IRModule, target: tvm.target.Target, database_dir=None):
     """
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
+    mod = scheduled(mod, target, database_dir)
+    with target, tvm.transform.PassContext(opt_level=3):
+        mod = tvm.transform.Sequential(cpu_generic.dataflow_lower_passes(target)
+                                       + cpu_generic.finalize_passes(target))(mod)
+        return tvm.compile(mod, target=target, relax_pipeline=None)
+
+
+def scheduled(mod: tvm.IRModule, target: tvm.target.Target, database_dir=None) -> tvm.IRModule:
+    """MOD lowered, every kernel scheduled (tuned from DATABASE_DIR, else its default): what build compiles.
+
+    Its Relax functions still call the kernels with call_tir (benchmarks/kernels.py times them one by one).
+    """
     import contextlib
 
     from .kernels.schedule import DefaultSchedules, kernel_flops
@@ -91,6 +103,4 @@ def build(mod: tvm.IRModule, target: tvm.target.Target, database_dir=None):
             # opened here, not by the pass from a path: the pass's own opening prints a C++ warning
             stack.enter_context(ms.database.JSONDatabase(work_dir=str(database_dir)))
             passes += [ApplyTunedSerial(flops), relax.transform.MetaScheduleApplyDatabase()]
-        passes += [DefaultSchedules()] + cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)
-        mod = tvm.transform.Sequential(passes)(mod)
-        return tvm.compile(mod, target=target, relax_pipeline=None)
+        return tvm.transform.Sequential(passes + [DefaultSchedules()])(mod)

@@ -36,8 +36,9 @@ from ..errors import ShieldError
 from ..runtime_py.threads import use_all_cores
 from ..runtime_py.tracker import parse_address, require_key
 from . import database as dbm
-from .progress import CtrlC, Say, boards_left, monitor
+from .cpp_log import quiet_cpp_warnings
 from .lock import database_lock
+from .progress import CtrlC, Say, boards_left, monitor
 from .recovery import drop_torn_tail
 from .summary import finish as _finish
 from .tasks import extract_tasks, plan, tune_contexts, warm_start
@@ -210,8 +211,9 @@ def _tune(args: TuneArgs, board, key: str, servers: int, say: Say, precision: st
     watch = monitor([t.name for t in todo], budget_left, check, say, ctrl_c)
     ctrl_c.say = watch.write  # above the progress bar
     status, reason = "done", None
+    warnings_log = log_dir / "tvm-warnings.log"
     try:
-        with ctrl_c:
+        with ctrl_c, quiet_cpp_warnings(warnings_log) as moved:
             ms.tune.tune_tasks(
                 tasks=contexts, task_weights=weights, work_dir=str(log_dir),
                 max_trials_global=budget_left, max_trials_per_task=max(t.cap for t in todo),
@@ -231,6 +233,9 @@ def _tune(args: TuneArgs, board, key: str, servers: int, say: Say, precision: st
         status, reason = ("interrupted" if ctrl_c.requested else "stopped"), watch.stop_reason
     finally:
         watch.close()
+    if moved["moved"]:
+        say(f"{moved['moved']} C++ warnings of TVM (candidates its dot-product rule could not tensorize) "
+            f"are in {warnings_log}")
     return finish(summary, tasks, db_dir, journal, status, reason, started, watch.measured + seeded, log_dir)
 
 
