@@ -84,6 +84,10 @@ def test_rerun_with_spent_budget_measures_nothing(two_servers, host_db, tmp_path
     assert code == 0
     assert out["status"] == "budget reached" and out["measured"] == 0 and out["trials_before"] == 4
     assert _record_lines(db) == before
+    # no schedule measured, but the whole-model check (the first for this database) ran on the boards
+    check = out["check"]
+    assert check["measured_now"] and check["where"] == f"tracker {two_servers.tracker} key host2"
+    assert check["tuned_ms"] > 0 and check["default_ms"] > 0
 
 
 def test_merge_is_a_deduplicated_union_that_refuses_mixed_targets(host_db, tmp_path):
@@ -136,6 +140,7 @@ def test_finished_run_checks_tuned_against_default_and_compile_follows(host_db, 
     monkeypatch.setenv("SHIELD_CACHE", str(tmp_path / "cache"))
     db = tmp_path / "db"
     shutil.copytree(host_db[1], db)
+    (db / CHECKS).unlink(missing_ok=True)  # (test_rerun_with_spent_budget... checked host_db through the tracker)
     res = tune(_args(db, tmp_path / "logs", trials=4, check=True, check_repeat_ms=5))  # budget reached: check only
     c = res["check"]
     assert res["status"] == "budget reached" and c["measured_now"] and c["key"] == "host fp32 batch 1"
