@@ -252,7 +252,7 @@ def _check(args: TuneArgs, key: str, prep, cargs, db_dir: Path, say: Say) -> dic
         return verdict | {"key": key_, "measured_now": False}
     endpoint = Endpoint(args.tracker, key, session_timeout=args.session_timeout,
                         queue_timeout=args.queue_timeout) if args.tracker else Endpoint()
-    timing = TimingSpec(number=10, repeat=7, warmup=3, min_repeat_ms=args.check_repeat_ms)
+    timing = TimingSpec(number=10, repeat=7, warmup=10, min_repeat_ms=args.check_repeat_ms)
     return check_tuned(prep, cargs, db_dir, endpoint, timing, say) | {"measured_now": True}
 
 
