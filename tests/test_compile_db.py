@@ -93,8 +93,9 @@ def test_compile_follows_the_databases_check_while_it_is_current(dense_db, tmp_p
         return {"apply": apply, "tuned_ms": 2.0 if not apply else 1.0, "default_ms": 1.5, "T": 1, "records": records,
                 "where": "local", "checked": "2026-11-30T00:00:00+00:00", "rounds_ms": {}}
 
-    key = config_key("host", "fp32", 1, None)
-    assert key == "host fp32 batch 1"
+    key = "host fp32 batch 1"
+    from stochastic_shield.compile.build import prepare_module
+    assert config_key(prepare_module(CompileArgs(None, "host", int8=False))) == key
     (db / CHECKS).write_text(json.dumps({key: verdict(False), "host fp32 batch 8": verdict(True)}))
     slower = _cli_compile(tmp_path / "slower", {"SHIELD_CACHE": str(tmp_path / "cache")}, "--db", str(db))
     assert slower["tuning"]["applied"] is False and "tuned 2 ms vs default 1.5 ms" in slower["tuning"]["why"]

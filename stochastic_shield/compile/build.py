@@ -135,12 +135,11 @@ def tuning_database(args: CompileArgs) -> Path | None:
                             "int8" if args.int8 else "fp32", explicit=args.db)
 
 
-def _apply_check(database_dir: Path, args: CompileArgs, prep: Prepared) -> tuple[Path | None, dict]:
+def _apply_check(database_dir: Path, prep: Prepared) -> tuple[Path | None, dict]:
     """(the database to build with: None where its check found the defaults faster, the manifest's ``tuning``)."""
     from ..schedules.verdicts import config_key, current_verdict, describe
 
-    key = config_key(prep.board.name, "int8" if args.int8 else "fp32", args.batch, prep.shield)
-    verdict = current_verdict(database_dir, key)
+    verdict = current_verdict(database_dir, config_key(prep))
     tuning = {"database": str(database_dir), "applied": True, "check": verdict}
     if verdict is not None and not verdict["apply"]:
         return None, tuning | {"applied": False, "why": f"its check found the tuned build slower: {describe(verdict)}"}
@@ -182,7 +181,7 @@ def compile_with_plan(args: CompileArgs, database_dir=_RESOLVE, prep: Prepared |
     prep = prep or prepare_module(args)
     tuning = {"database": str(database_dir)} if database_dir else None
     if resolve and database_dir:
-        database_dir, tuning = _apply_check(database_dir, args, prep)
+        database_dir, tuning = _apply_check(database_dir, prep)
     ex = build(prep.mod, board.tvm_target(), database_dir)
     meta, shape = prep.meta, prep.input_shape
     out = Path(args.out)

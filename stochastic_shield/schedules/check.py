@@ -32,7 +32,7 @@ def check_tuned(prep, compile_args, db_dir: Path, endpoint, timing, say=None) ->
     """
     from ..compile.build import compile_with_plan
 
-    key = config_key(prep.board.name, "int8" if compile_args.int8 else "fp32", compile_args.batch, prep.shield)
+    key = config_key(prep)
     if say is not None:
         say(f"checking the tuned build against the defaults on {endpoint.describe()} ({ROUNDS} rounds each)")
     with tempfile.TemporaryDirectory(prefix="shield-check-") as tmp:

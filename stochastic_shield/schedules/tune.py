@@ -246,7 +246,7 @@ def _check(args: TuneArgs, key: str, prep, cargs, db_dir: Path, say: Say) -> dic
     from .check import check_tuned
     from .verdicts import config_key, current_verdict
 
-    key_ = config_key(prep.board.name, "int8" if args.int8 else "fp32", args.batch, prep.shield)
+    key_ = config_key(prep)
     verdict = current_verdict(db_dir, key_)
     if verdict is not None:
         return verdict | {"key": key_, "measured_now": False}

@@ -15,9 +15,12 @@ from . import database as dbm
 CHECKS = "checks.json"
 
 
-def config_key(board: str, precision: str, batch: int, shield: dict | None) -> str:
-    """The configuration a verdict is for, readable: 'host int8 batch 1 [filter=...; dropout=...; T=...]'."""
-    return f"{board} {precision} batch {batch}" + (f" [{shield['compact']}]" if shield else "")
+def config_key(prep) -> str:
+    """The configuration of a Prepared module (compile.build) that a verdict is for, readable:
+    'host int8 batch 1 [filter=...; dropout=...; T=...]'."""
+    precision = "fp32" if prep.quantization is None else "int8"
+    key = f"{prep.board.name} {precision} batch {prep.input_shape[0]}"
+    return key + (f" [{prep.shield['compact']}]" if prep.shield else "")
 
 
 def valid_records(db_dir: Path) -> int:
