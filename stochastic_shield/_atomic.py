@@ -70,3 +70,30 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def resume_json(path: Path, fresh: dict, fixed: list, start_over: str) -> dict:
+    """The results file PATH of a resumable run when its format and FIXED settings match FRESH's, else an error.
+
+    FRESH: the results a new run starts from ("format_version", "settings" and empty tables; the
+    file's missing tables are taken from it). START_OVER: how the user starts afresh instead, as in
+    "delete it" or "drop --resume". Every refusal is one line that says why and what to do.
+    """
+    from .errors import ShieldError
+
+    try:
+        old = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ShieldError(f"{path} is not valid JSON ({e})", f"{start_over} to start over") from None
+    if old.get("format_version") != fresh["format_version"]:
+        raise ShieldError(f"{path} has format {old.get('format_version')}, this version writes "
+                          f"{fresh['format_version']}", f"use another -o folder, or {start_over} to start over")
+    then, now = old.get("settings", {}), fresh["settings"]
+    changed = [k for k in fixed if then.get(k) != now[k]]
+    if changed:
+        diffs = ", ".join(f"{k}: {then.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise ShieldError(f"cannot resume {path}: it was computed with other settings ({diffs})",
+                          f"use another -o folder, or {start_over} to start over")
+    for k, v in fresh.items():
+        old.setdefault(k, v)
+    return old

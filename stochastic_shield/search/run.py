@@ -6,11 +6,9 @@ Every finished pair (screened or finally evaluated) is written at once to OUT/se
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import time
 
-from .._atomic import write_json
-from ..errors import ShieldError
+from .._atomic import resume_json, write_json
 from .final import clean_check, evaluate_pair
 from .front import best, finalists_per_budget, pareto, pareto_2d
 from .plan import SearchArgs, check_args
@@ -26,23 +24,7 @@ def _load(p) -> dict:
     """The results to continue (same fixed settings), or a fresh one."""
     path = p.out / RESULTS
     fresh = {"format_version": FORMAT_VERSION, "settings": p.fixed, "screen": {}, "final": {}}
-    if not path.exists():
-        return fresh
-    try:
-        old = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ShieldError(f"{path} is not valid JSON ({e})", "delete it, or use another -o folder") from None
-    if old.get("format_version") != FORMAT_VERSION:
-        raise ShieldError(f"{path} has format {old.get('format_version')}, this version writes {FORMAT_VERSION}",
-                          "use another -o folder")
-    changed = [k for k in p.fixed if old.get("settings", {}).get(k) != p.fixed[k]]
-    if changed:
-        diffs = ", ".join(f"{k}: {old['settings'].get(k)!r} -> {p.fixed[k]!r}" for k in changed)
-        raise ShieldError(f"cannot resume {path}: it was computed with other settings ({diffs})",
-                          "use another -o folder, or delete it to start over")
-    for k, v in fresh.items():
-        old.setdefault(k, v)
-    return old
+    return resume_json(path, fresh, list(p.fixed), "delete it") if path.exists() else fresh
 
 
 def run_search(args: SearchArgs) -> dict:

@@ -1,12 +1,10 @@
 """The results file of a robustness run: its settings, and what a resumed run may continue."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ..._atomic import write_json
+from ..._atomic import resume_json, write_json
 from ...defaults import checkpoint_label
-from ...errors import ShieldError
 from .grid import THREATS
 from .plan import Plan
 
@@ -54,20 +52,7 @@ def load_results(p: Plan, settings: dict) -> dict:
              "crafting": {}, "checks": {"gradients": {}}}
     if not (p.args.resume and path.exists()):
         return fresh
-    try:
-        old = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ShieldError(f"{path} is not valid JSON ({e})", "delete it or drop --resume to start over") from None
-    if old.get("format_version") != FORMAT_VERSION:
-        raise ShieldError(f"{path} has format {old.get('format_version')}, this version writes {FORMAT_VERSION}",
-                          "drop --resume to start over")
-    changed = [k for k in FIXED if old["settings"].get(k) != settings[k]]
-    if changed:
-        diffs = ", ".join(f"{k}: {old['settings'].get(k)!r} -> {settings[k]!r}" for k in changed)
-        raise ShieldError(f"cannot resume {path}: it was computed with other settings ({diffs})",
-                          "use another -o folder, or drop --resume to start over")
-    for k, v in fresh.items():
-        old.setdefault(k, v)
+    old = resume_json(path, fresh, list(FIXED), "drop --resume")
     old["checks"].setdefault("gradients", {})
     old["settings"] = settings
     return old
