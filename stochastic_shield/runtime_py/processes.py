@@ -149,11 +149,16 @@ def group_members(pgid: int) -> list[tuple[int, str]]:
             # files (and its listening sockets): only a zombie with no thread left has ended.
             if state in ("Z", "X") and len(os.listdir(Path(entry.path, "task"))) <= 1:
                 continue
-            cmdline = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cmdline = _cmdline(entry.path)
         except (OSError, ValueError):
             continue  # the process ended while we looked
         members.append((int(entry.name), cmdline))
     return members
+
+
+def _cmdline(proc_dir: str) -> str:
+    """The command line of the process whose /proc folder is PROC_DIR, its arguments space-separated."""
+    return Path(proc_dir, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
 
 
 def group_is_ours(pgid: int) -> bool:
@@ -208,8 +213,7 @@ def listeners(port: int) -> list[tuple[int, str]]:
             continue
         with contextlib.suppress(OSError):
             if any(os.readlink(fd.path) in inodes for fd in os.scandir(Path(entry.path, "fd"))):
-                cmd = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                holders.append((int(entry.name), cmd.strip()))
+                holders.append((int(entry.name), _cmdline(entry.path).strip()))
     return holders or [(0, "?")] * bool(inodes)
 
 

@@ -55,21 +55,27 @@ def check_tuned(prep, compile_args, db_dir: Path, endpoint, timing, say=None) ->
 
 
 def time_rounds(folder: Path, T: int, timing, endpoint=None) -> dict[str, list[float]]:
-    """{"tuned": [ms per round], "default": [...]}: FOLDER's two artifacts timed in alternating rounds."""
+    """{"tuned": [ms per round], "default": [...]}: FOLDER's two artifacts timed in alternating rounds.
+
+    Locally both stay loaded for all rounds, so the rounds differ by nothing but time; a board
+    serves one session at a time, so there each artifact gets a session per round.
+    """
+    import contextlib
+
     from ..runtime_py.runner import Deployment
 
+    local = endpoint is None or endpoint.is_local
     times: dict[str, list[float]] = {"tuned": [], "default": []}
-    if endpoint is None or endpoint.is_local:  # both loaded once: the rounds differ by nothing but time
-        with Deployment(str(folder / "tuned")) as tuned, Deployment(str(folder / "default")) as default:
-            deps = {"tuned": tuned, "default": default}
-            for r in range(ROUNDS):
-                for name in ("tuned", "default") if r % 2 == 0 else ("default", "tuned"):
-                    times[name].append(deps[name].time(timing, T=T)["median_ms"])
-        return times
-    for r in range(ROUNDS):  # a board serves one session at a time: one per artifact and round
-        for name in ("tuned", "default") if r % 2 == 0 else ("default", "tuned"):
-            with Deployment(str(folder / name), endpoint) as dep:
-                times[name].append(dep.time(timing, T=T)["median_ms"])
+    with contextlib.ExitStack() as stack:
+        loaded = {name: stack.enter_context(Deployment(str(folder / name))) for name in times} if local else {}
+
+        def on_board(name: str):
+            return contextlib.nullcontext(loaded[name]) if local else Deployment(str(folder / name), endpoint)
+
+        for r in range(ROUNDS):
+            for name in ("tuned", "default") if r % 2 == 0 else ("default", "tuned"):
+                with on_board(name) as dep:
+                    times[name].append(dep.time(timing, T=T)["median_ms"])
     return times
 
 
@@ -82,13 +88,12 @@ def _time_in_fresh_process(folder: Path, T: int, timing) -> dict[str, list[float
     12% faster in use.
     """
     import json
+    import os
     import subprocess
     import sys
     from dataclasses import asdict
 
     from ..errors import ShieldError
-
-    import os
 
     cmd = [sys.executable, "-m", __name__, str(folder), str(T), json.dumps(asdict(timing))]
     home = str(Path(__file__).resolve().parents[2])  # this copy of the package, installed or not
