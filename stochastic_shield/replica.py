@@ -5,7 +5,8 @@ every int8 tensor is represented by scale * (q - zero_point), rounding uses a st
 estimator, the filter runs exactly on the forward pass (for the median and bit-depth filters the backward
 pass is chosen: BPDA with the identity by default; the Gaussian is differentiable), the layers
 before the first dropout run once per image, and MC dropout uses the same
-Philox masks as the board when given a seed. Integer requantization rounds once in fixed point
+Philox masks (and dithered filter's numbers) as the board when given a seed. Integer requantization
+rounds once in fixed point
 on the board and once in float here, so single values may differ by one quantization step.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .compile.quantization.layers import LayerVisitor
+from .compile.shield.dither import dither_u24, torch_dither
 from .compile.shield.dropout import dropout_keep_mask
 from .compile.shield.filters import torch_filter
 from .replica_float import run_float_op
@@ -118,6 +120,11 @@ class Replica(torch.nn.Module, LayerVisitor):
         self._filters_seen += 1
         if self._filters_seen <= self.skip_filters:
             self._env[lay.out] = x
+        elif spec.random:  # dither: one draw per pass, so the passes start here; BPDA with the identity,
+            self._expand()  # which is the gradient of its expectation clip(x, 0, 1)
+            x = self._env[lay.inputs[0]]
+            u24 = None if self.seed is None else dither_u24(x.shape[1:], self._T, self.seed, self.sample_offset)
+            self._env[lay.out] = _BPDAIdentity.apply(x, lambda t: torch_dither(t, spec.bits, u24))
         elif spec.kind == "gaussian" or (spec.kind == "median" and self.filter_grad == "exact"):
             self._env[lay.out] = torch_filter(spec, x)
         elif self.filter_grad == "smooth":
@@ -207,16 +214,18 @@ class Replica(torch.nn.Module, LayerVisitor):
     def visit_dropout(self, lay):
         self._expand()
         x = self._env[lay.inputs[0]]
-        keep = self._mask(tuple(x.shape), self._T, lay.layer_id, lay.p)
+        keep = self._mask(tuple(x.shape), self._T, lay.layer_id, lay.p, lay.channelwise)
         self._env[lay.out] = x * keep / (1.0 - lay.p)
 
-    def _mask(self, shape, T, layer_id, p):
-        """Keep mask for rows b*T + t: sample t's mask, shared by every image (as on the board)."""
-        rows = shape[0]
+    def _mask(self, shape, T, layer_id, p, channelwise=False):
+        """Keep mask for rows b*T + t: sample t's mask, shared by every image (as on the board); channel-wise:
+        one decision per channel (axis 1), broadcast over the rest."""
+        rows, drawn = shape[0], (shape[1],) if channelwise else shape[1:]
         if self.seed is None:
-            keep = torch.rand((T, *shape[1:])) >= p
+            keep = torch.rand((T, *drawn)) >= p
         else:
-            keep = torch.from_numpy(dropout_keep_mask(shape[1:], T, self.seed, self.sample_offset, layer_id, p))
+            keep = torch.from_numpy(dropout_keep_mask(drawn, T, self.seed, self.sample_offset, layer_id, p))
+        keep = keep.reshape(T, *drawn, *[1] * (len(shape) - 1 - len(drawn)))
         return keep.repeat(rows // T, *([1] * (len(shape) - 1))).to(torch.float32)
 
 

@@ -289,3 +289,32 @@ def test_invalid_arguments_are_rejected(kwargs, match):
 def test_seed_and_offset_out_of_range_are_rejected(seed, offset, match):
     with pytest.raises(ValueError, match=match):
         seed_to_rng(seed, offset)
+
+
+def test_channelwise_kernel_drops_whole_channels_and_equals_numpy():
+    """Channel-wise dropout (dropout=NAME:P:channel): one keep decision per (sample, channel), rate 1 - p."""
+    T, B, C, p = 8, 2, 256, 0.3
+    shape = (T * B, C, 3, 5)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "int8"))
+    rng = relax.Var("rng", relax.TensorType((3,), "uint32"))
+    with bb.function("main", [x, rng]):
+        with bb.dataflow():
+            out = bb.emit_output(apply_mc_dropout(bb, x, rng, T=T, p=p, layer_id=LAYER, zero_point=ZERO_POINT,
+                                                  channelwise=True))
+        bb.emit_func_output(out)
+    vm = relax.VirtualMachine(tvm.compile(bb.get(), target=tvm.target.Target(TARGET)), tvm.cpu())
+    xs = np.random.default_rng(0).integers(-128, 128, shape).astype(np.int8)
+    xs[xs == ZERO_POINT] = ZERO_POINT + 1
+    for rng_v in RNGS[:2]:
+        board = vm["main"](tvm.runtime.tensor(xs), tvm.runtime.tensor(rng_v)).numpy()
+        np.testing.assert_array_equal(board, mc_dropout_reference(xs, rng_v, T=T, p=p, layer_id=LAYER,
+                                                                  zero_point=ZERO_POINT, channelwise=True))
+        kept = board == xs
+        assert (kept.all(axis=(2, 3)) | (~kept).all(axis=(2, 3))).all()   # a channel is kept or dropped whole
+        np.testing.assert_array_equal(kept[:T], kept[T:])                  # the B images share the T masks
+        k = kept[:T, :, 0, 0].sum()
+        n = T * C
+        assert abs(k - n * (1 - p)) < 5 * math.sqrt(n * p * (1 - p))
+    with pytest.raises(ValueError, match="channel axis"):
+        mc_dropout_reference(np.zeros((4,), np.int8), RNGS[0], T=4, p=p, layer_id=LAYER, channelwise=True)

@@ -11,6 +11,7 @@ from stochastic_shield.errors import ShieldError
 from stochastic_shield.replica import Replica
 from stochastic_shield.runtime_py.runner import Deployment
 from stochastic_shield.runtime_py.uncertainty import mc_summary
+from stochastic_shield.rng import seed_to_rng
 
 SHIELD = "filter=median:3; dropout=model:0.2; T=1,8"
 
@@ -54,6 +55,39 @@ def test_dropout_sites_from_the_model_and_by_name(shipped):
     assert not isinstance(model.conv2, torch.nn.Sequential)  # the original is untouched
     with pytest.raises(ShieldError, match="no such layer"):
         insert_mc_dropout(model, parse_shield("dropout=conv9:0.1; T=1"))
+
+
+def test_channelwise_sites_parse_and_round_trip(tmp_path):
+    c = parse_shield("dropout=pool1:0.1:channel,model:0.3; T=1,8")
+    assert c.dropout == (DropoutSite("pool1", 0.1, channel=True), DropoutSite("model", 0.3))
+    assert str(c) == "filter=none; dropout=pool1:0.1:channel,model:0.3; T=1,8" and parse_shield(str(c)) == c
+    toml = tmp_path / "s.toml"
+    toml.write_text('T = [1, 8]\n[[dropout]]\nafter = "pool1"\np = 0.1\nchannel = true\n')
+    assert parse_shield(str(toml)).dropout == (DropoutSite("pool1", 0.1, channel=True),)
+    with pytest.raises(ShieldError, match="NAME:P:channel"):
+        parse_shield("dropout=pool1:0.1:chan")
+    toml.write_text('[[dropout]]\nafter = "pool1"\np = 0.1\nchannel = "yes"\n')
+    with pytest.raises(ShieldError, match="true or false"):
+        parse_shield(str(toml))
+
+
+def test_channelwise_dropout_on_a_conv_map_compiles_to_its_reference(tmp_path, fashion_root, fashion_test):
+    out = tmp_path / "c"
+    args = CompileArgs(None, "host", out, batch=2, int8=True, calib=64, data_root=str(fashion_root),
+                       shield="dropout=pool1:0.5:channel,model:0.2; T=1,4")
+    m = compile_artifact(args)
+    assert [s["channel"] for s in m["shield"]["sites"]] == [True, False, False]
+    plan = prepare_module(args).plan
+    assert [lay.channelwise for lay in plan.layers if lay.kind == "dropout"] == [True, False, False]
+    x = fashion_test.as_float(0, 2)
+    with Deployment(out) as dep:
+        board = dep.mc_logits(x, T=4, seed=5)
+    # the numpy reference drops whole channels of pool1's 32 x 14 x 14 map: an element-wise kernel differs
+    np.testing.assert_array_equal(board, run_reference(plan, x, T=4, rng=seed_to_rng(5, 0)).reshape(board.shape))
+    rep = Replica(plan)
+    rep.seed = 5
+    ours = rep(torch.from_numpy(x), T=4).detach().numpy()
+    assert np.abs(ours - board).max() < 0.05 * np.abs(board).max()
 
 
 def test_shield_needs_int8(tmp_path):

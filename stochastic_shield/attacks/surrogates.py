@@ -57,11 +57,14 @@ def soft_median(x: torch.Tensor, k: int, width: float = 1.0) -> torch.Tensor:
 
 
 def smooth_filter(spec, x: torch.Tensor) -> torch.Tensor:
-    """The smooth surrogate of one FilterSpec: soft_bits, soft_median, or the (differentiable) Gaussian itself."""
+    """The smooth surrogate of one FilterSpec: soft_bits, soft_median, clip for dither (its expectation), or the
+    (differentiable) Gaussian itself."""
     if spec.kind == "bits":
         return soft_bits(x, spec.bits)
     if spec.kind == "median":
         return soft_median(x, spec.k)
+    if spec.kind == "dither":  # its expectation over the passes
+        return x.clamp(0.0, 1.0)
     from ..compile.shield.filters import torch_filter  # the Gaussian is its own surrogate
 
     return torch_filter(spec, x)

@@ -92,7 +92,7 @@ def prepare_module(args: CompileArgs) -> Prepared:
     mod, sites, program = import_source(loaded, args.batch, config)
     with_classes(loaded, int(mod["main"].ret_ty.shape[-1]))
     if config is not None:
-        shield = dict(config.describe(), sites=sites, stochastic=bool(sites))
+        shield = dict(config.describe(), sites=sites, stochastic=bool(sites) or any(f.random for f in config.filters))
         mod = InsertInputFilter(config.filters)(mod)
     mod = optimize(mod)
     quantization = plan = None

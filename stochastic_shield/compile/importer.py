@@ -102,4 +102,9 @@ def import_source(loaded, batch: int, config=None) -> tuple:
                 model, sites = insert_mc_dropout(model, config)
         mod, program = import_model(model, shape, CUSTOM_CONVERT_MAP, with_program=True)
     src = loaded.source
+    channel = {s["layer_id"] for s in sites if s.get("channel")}
+    if channel:  # the importers' markers carry (p, layer id); channel-wise sites are marked here, for all three
+        from .shield.markers import mark_channelwise
+
+        mod = mark_channelwise(mod, channel)
     return NormalizeInput(src.mean, src.std)(mod), sites, program

@@ -40,7 +40,7 @@ def _insert_sites(model, config: ShieldConfig | None):
                 del node.output[1:]
                 del node.attribute[:]
                 node.attribute.extend([helper.make_attribute("p", float(p)), helper.make_attribute("layer", layer_id)])
-                sites.append({"layer_id": layer_id, "at": node.name or node.output[0], "p": p})
+                sites.append({"layer_id": layer_id, "at": node.name or node.output[0], "p": p, "channel": site.channel})
                 layer_id += 1
             continue
         node = next((n for n in graph.node if site.after in (n.name, *n.output)), None)
@@ -59,7 +59,7 @@ def _insert_sites(model, config: ShieldConfig | None):
         drop = helper.make_node(SHIELD_OP, [out], [new_out], name=f"mc_dropout{layer_id}", domain=_DOMAIN,
                                 p=float(site.p), layer=layer_id)
         graph.node.insert(list(graph.node).index(node) + 1, drop)
-        sites.append({"layer_id": layer_id, "at": f"after {site.after}", "p": site.p})
+        sites.append({"layer_id": layer_id, "at": f"after {site.after}", "p": site.p, "channel": site.channel})
         layer_id += 1
     return model, sites
 

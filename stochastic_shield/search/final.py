@@ -32,7 +32,7 @@ def evaluate_pair(pair: Pair, p) -> dict:
     cfg = pair.config_name()
     args = robustness_args(p.args, configs=(cfg,), out=final_dir(p, pair),
                            filter=pair.filter if pair.filter != NONE else "none",
-                           dropout=pair.sites() if pair.stochastic else "none")
+                           dropout=pair.sites() if pair.dropout != NONE else "none")
     res = run_robustness(args)
     Ts = pair.rows(p.Ts)
     rows = {t: f"{cfg} T={t}" if pair.stochastic else cfg for t in Ts}

@@ -58,9 +58,9 @@ def screen_pair(pair: Pair, p) -> dict:
     clean = _correct(rep, x, y, Ts, a.seed)
     m = a.screen_images
     xs, ys = x[:m], y[:m]
-    cfg = CONFIGS[pair.config_name()]
     shield = pair.shield(p.Ts)
     filters = shield.filters if shield is not None else ()
+    cfg = CONFIGS[pair.config_name()].with_filters(filters)
     bits = filters[0].bits if filters and filters[0].kind == "bits" else None
     robust, attacks, replicas = {}, [], {}
     for eps in p.eps:

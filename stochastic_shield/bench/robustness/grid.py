@@ -131,10 +131,15 @@ class Configuration:
     int8: bool
     use_filter: bool
     use_dropout: bool
+    random_filter: bool = False  # its filter draws random numbers per pass (dither): see with_filters
 
     @property
     def stochastic(self) -> bool:
-        return self.use_dropout
+        return self.use_dropout or (self.use_filter and self.random_filter)
+
+    def with_filters(self, filters) -> "Configuration":
+        """This configuration for the filter chain FILTERS: stochastic when it uses a random (dithered) filter."""
+        return replace(self, random_filter=any(f.random for f in filters))
 
     def shield(self, full):
         """The part of FULL (a ShieldConfig: the filters, dropout sites and T of the whole shield) that
@@ -142,7 +147,7 @@ class Configuration:
         if not (self.use_filter or self.use_dropout):
             return None
         return replace(full, filters=full.filters if self.use_filter else (),
-                       dropout=full.dropout if self.use_dropout else (), T=full.T if self.use_dropout else (1,))
+                       dropout=full.dropout if self.use_dropout else (), T=full.T if self.stochastic else (1,))
 
     def rows(self, Ts) -> list[tuple[str, int]]:
         """(row label, T) of the tables: one per T for a stochastic configuration."""

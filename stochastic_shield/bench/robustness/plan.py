@@ -117,6 +117,7 @@ def check_args(args: RobustnessArgs) -> Plan:
     parts = ([f"filter={args.filter}"] if any(c.use_filter for c in configs) else []) + (
         [f"dropout={args.dropout}"] if any(c.use_dropout for c in configs) else [])
     shield = parse_shield("; ".join(parts + ["T=" + ",".join(map(str, Ts))]))
+    configs = [c.with_filters(shield.filters if shield is not None else ()) for c in configs]
     for name in ("eot_samples", "batch", "craft_batch", "calib", "threads", "restarts", "surrogate_epochs",
                  "surrogate_images"):
         if getattr(args, name) is not None and int(getattr(args, name)) < 1:

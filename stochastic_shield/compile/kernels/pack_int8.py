@@ -95,9 +95,11 @@ class _Rewriter:
         return folded
 
     def _dropout(self, v):
+        """The element-wise MC dropout kernel's info (a channel-wise one reads the logical tensor), else None."""
         if _op(v) != "relax.call_tir" or not isinstance(v.args[0], relax.GlobalVar):
             return None
-        return mc_dropout_info(self.mod[v.args[0]])
+        info = mc_dropout_info(self.mod[v.args[0]])
+        return None if info is None or info["channelwise"] else info
 
     # ---- values in either form
 

@@ -74,6 +74,11 @@ class RelaxEmitter(LayerVisitor):
         self.f32[lay.out] = self.bb.emit(v, name_hint=lay.out.name)
 
     def visit_filter(self, lay):
+        if lay.spec.random:  # a marker until ExpandMonteCarlo draws the pass's numbers
+            from ..shield.dither import emit_dither_marker
+
+            self.f32[lay.out] = emit_dither_marker(self.bb, self.f32[lay.inputs[0]], lay.spec.bits)
+            return
         self.f32[lay.out] = apply_filters(self.bb, self.f32[lay.inputs[0]], [lay.spec])
 
     def visit_quantize(self, lay):
@@ -188,7 +193,7 @@ class RelaxEmitter(LayerVisitor):
 
     def visit_dropout(self, lay):
         self.i8[lay.out] = emit_marker(self.bb, self.i8[lay.inputs[0]],
-                                       MarkerInfo(lay.p, lay.layer_id, lay.x.zero_point))
+                                       MarkerInfo(lay.p, lay.layer_id, lay.x.zero_point, lay.channelwise))
 
 
 @tvm.transform.module_pass(opt_level=0, name="QuantizeInt8")

@@ -315,6 +315,7 @@ class Dropout(Layer):
     x: QParams
     p: float
     layer_id: int
+    channelwise: bool = False        # one keep decision per channel (axis 1)
 
 
 # Every layer kind, in the order the visitor checks them.
@@ -362,8 +363,8 @@ class QuantPlan:
 
     @property
     def stochastic(self) -> bool:
-        """True when the plan has MC dropout layers."""
-        return any(isinstance(lay, Dropout) for lay in self.layers)
+        """True when the plan has MC dropout layers or a random (dithered) input filter."""
+        return any(isinstance(lay, Dropout) or (isinstance(lay, Filter) and lay.spec.random) for lay in self.layers)
 
     def describe(self) -> dict:
         """What the manifest records."""

@@ -184,10 +184,10 @@ class _Planner(RuleMixin):
         self.n_quantized += 1
         return True
 
-    def dropout(self, b, x, p: float, layer_id: int) -> bool:
+    def dropout(self, b, x, p: float, layer_id: int, channelwise: bool = False) -> bool:
         qx = self.need_int8(x)
         self.q[b.var] = QParams(qx.scale / (1.0 - p), qx.zero_point)  # the kept values' real scale
-        self.layers.append(Dropout(out=b.var, inputs=(x,), x=qx, p=p, layer_id=layer_id))
+        self.layers.append(Dropout(out=b.var, inputs=(x,), x=qx, p=p, layer_id=layer_id, channelwise=channelwise))
         return True
 
     def passthrough(self, b, x, op: str) -> bool:
@@ -229,7 +229,7 @@ class _Planner(RuleMixin):
         args = list(getattr(v, "args", []))
         marker = marker_info(self.mod, v)
         if marker is not None:
-            return self.dropout(b, marker_input(v), marker.p, marker.layer_id)
+            return self.dropout(b, marker_input(v), marker.p, marker.layer_id, marker.channelwise)
         spec = filter_info(self.mod, v)
         if spec is not None:
             x = args[1].fields[0] if isinstance(args[1], relax.Tuple) else args[1]

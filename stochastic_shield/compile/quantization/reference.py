@@ -84,7 +84,13 @@ class NumpyReference(LayerVisitor):
 
         from ..shield.filters import torch_filter
 
-        self.f32[lay.out] = torch_filter(lay.spec, torch.from_numpy(self.f32[lay.inputs[0]])).numpy()
+        x = self.f32[lay.inputs[0]]
+        if lay.spec.random:  # rows b*T + t are pass t (run repeats the images T times)
+            from ..shield.dither import dither_reference
+
+            self.f32[lay.out] = dither_reference(x, self.rng, T=self.T, bits=lay.spec.bits)
+            return
+        self.f32[lay.out] = torch_filter(lay.spec, torch.from_numpy(x)).numpy()
 
     def visit_quantize(self, lay):
         q = lay.q
@@ -168,7 +174,8 @@ class NumpyReference(LayerVisitor):
         from ..shield.dropout import mc_dropout_reference
 
         self.i8[lay.out] = mc_dropout_reference(self.i8[lay.inputs[0]], self.rng, T=self.T, p=lay.p,
-                                                layer_id=lay.layer_id, zero_point=lay.x.zero_point)
+                                                layer_id=lay.layer_id, zero_point=lay.x.zero_point,
+                                                channelwise=lay.channelwise)
 
 
 def run_reference(plan: QuantPlan, x: np.ndarray, T: int = 1, rng=None) -> np.ndarray:

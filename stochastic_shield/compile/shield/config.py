@@ -4,6 +4,7 @@ One config describes the whole shield, as a compact string or a TOML file:
 
     filter=median:3; dropout=model:0.1; T=1,8,16,32
     filter=bits:5; dropout=conv2:0.1,fc1:0.2
+    filter=dither:3; dropout=pool1:0.1:channel     # whole channels dropped (a random dither filter, dither.py)
 
     # shield.toml
     filter = "median:3+bits:5"
@@ -14,6 +15,7 @@ One config describes the whole shield, as a compact string or a TOML file:
     [[dropout]]
     after = "conv2"      # a layer by its module name: dropout on its output
     p = 0.05
+    channel = true       # drop whole channels (feature maps), one decision per channel; default false
 """
 from __future__ import annotations
 
@@ -31,10 +33,15 @@ _FORMS = "e.g. 'filter=median:3; dropout=model:0.1; T=1,8,32' or a .toml file"
 
 @dataclass(frozen=True)
 class DropoutSite:
-    """MC dropout after layer AFTER (a module name, or 'model' for the model's own nn.Dropout layers)."""
+    """MC dropout after layer AFTER (a module name, or 'model' for the model's own nn.Dropout layers).
+
+    CHANNEL drops whole channels (axis 1: a conv feature map) with one keep decision per channel and
+    pass, like ``nn.Dropout2d``; on a (batch, features) tensor that is the element-wise dropout.
+    """
 
     after: str
     p: float | None = None  # None: the model's own rate (only for 'model')
+    channel: bool = False
 
     def __post_init__(self):
         if not self.after:
@@ -45,7 +52,8 @@ class DropoutSite:
             raise ShieldError(f"dropout rate for {self.after!r} must be in [0, 1), got {self.p}")
 
     def __str__(self):
-        return self.after if self.p is None else f"{self.after}:{self.p:g}"
+        text = self.after if self.p is None else f"{self.after}:{self.p:g}"
+        return f"{text}{':' if self.p is None else ''}:channel" if self.channel else text
 
 
 @dataclass(frozen=True)
@@ -65,12 +73,13 @@ class ShieldConfig:
 
     @property
     def stochastic(self) -> bool:
-        return bool(self.dropout)
+        """True when the shield draws random numbers: MC dropout or a dithered filter (T passes differ)."""
+        return bool(self.dropout) or any(f.random for f in self.filters)
 
     def describe(self) -> dict:
         """JSON-ready form for the manifest."""
         return {"filters": [f.describe() for f in self.filters], "filter": "+".join(map(str, self.filters)) or "none",
-                "dropout": [{"after": s.after, "p": s.p} for s in self.dropout], "T": list(self.T),
+                "dropout": [{"after": s.after, "p": s.p, "channel": s.channel} for s in self.dropout], "T": list(self.T),
                 "compact": str(self)}
 
     def __str__(self):
@@ -84,9 +93,12 @@ class ShieldConfig:
 def _sites(text: str) -> tuple[DropoutSite, ...]:
     sites = []
     for item in filter(None, (s.strip() for s in text.split(","))):
-        name, _, p = item.partition(":")
+        name, _, rest = item.partition(":")
+        p, _, kind = rest.partition(":")
+        if kind.strip() not in ("", "channel"):
+            raise ShieldError(f"bad dropout site {item!r}", "write NAME:P, or NAME:P:channel to drop whole channels")
         try:
-            sites.append(DropoutSite(name.strip(), float(p) if p else None))
+            sites.append(DropoutSite(name.strip(), float(p) if p.strip() else None, kind.strip() == "channel"))
         except ValueError:
             raise ShieldError(f"bad dropout rate in {item!r}", "write NAME:P with P a number, e.g. fc1:0.1") from None
     return tuple(sites)
@@ -120,8 +132,10 @@ def parse_shield(text: str | Path | None) -> ShieldConfig | None:
         drops = data.get("dropout", [])
         if not isinstance(drops, list) or not all(isinstance(d, dict) and "after" in d for d in drops):
             raise ShieldError(f"shield config {path}: dropout must be [[dropout]] tables with 'after' (and 'p')")
+        if any(not isinstance(d.get("channel", False), bool) for d in drops):
+            raise ShieldError(f"shield config {path}: a dropout's 'channel' must be true or false")
         return ShieldConfig(parse_filters(str(data.get("filter", ""))),
-                            tuple(DropoutSite(str(d["after"]), d.get("p")) for d in drops),
+                            tuple(DropoutSite(str(d["after"]), d.get("p"), d.get("channel", False)) for d in drops),
                             _ts(data.get("T", DEFAULT_T)), source=str(path))
     fields = {}
     for part in filter(None, (p.strip() for p in text.split(";"))):

@@ -9,7 +9,8 @@ drawn from the counter-based generator Philox-4x32-10 (``philox.py``):
   word    = Philox(counter, key)[e % 4]
   keep    = word >= round(p * 2^32)                  # integer comparison only
 
-where e is the element's flat index within its row and s = sample_offset + t (mod 2^32) is the
+where e is the element's flat index within its row (channel-wise dropout: its channel, the index on
+axis 1, so a whole feature map is kept or dropped) and s = sample_offset + t (mod 2^32) is the
 MC sample index. The input rows are grouped as R = B * T: row r is image r // T, sample t = r % T.
 The sample index does not depend on the image, so every image of a batch sees the same T masks,
 and a call with T=1 and sample_offset=t reproduces row t of a T-row call. The runtime input
@@ -34,7 +35,7 @@ from ...rng import seed_to_rng  # noqa: F401 - the kernel's RNG input, importabl
 from .philox import add_u32, philox4x32_10, philox_tir
 
 MC_DROPOUT_DTYPES = ("int8", "uint8", "float32")  # uint8: int8 codes + 128, as the packed VNNI kernels keep them
-_ATTR = "shield.mc_dropout"  # (T, p, layer_id, zero_point, repeat) of a kernel, read back by kernels/pack_int8.py
+_ATTR = "shield.mc_dropout"  # (T, p, layer_id, zero_point, repeat, channelwise) of a kernel, read back by pack_int8.py
 _WORDS = 4  # uint32 words per Philox block, hence elements per counter
 
 
@@ -56,6 +57,33 @@ def keep_threshold(p: float) -> int:
     if not 0.0 <= p < 1.0:
         raise ValueError(f"drop probability must be in [0, 1), got {p}")
     return min(round(p * 2.0**32), 2**32 - 1)
+
+
+def philox_words(row_shape, T: int, seed: int, sample_offset: int, layer_id: int) -> np.ndarray:
+    """The random uint32 word of every element of T consecutive MC samples at one layer (numpy).
+
+    Word e of sample t is ``Philox((e // 4, sample_offset + t, layer_id, 0), seed)[e % 4]``, e the
+    element's flat index within a row of ROW_SHAPE: the stream the dropout masks and the dithered
+    bit-depth filter (dither.py) both draw from, each under its own layer id.
+
+    Returns
+    -------
+    np.ndarray
+        uint32[T, prod(row_shape)].
+    """
+    row_shape = tuple(int(d) for d in row_shape)
+    seed_lo, seed_hi, offset = (int(v) for v in seed_to_rng(seed, sample_offset))
+    _check_layer(layer_id)
+    n = math.prod(row_shape)
+    groups = -(-n // _WORDS)
+    t = np.arange(T, dtype=np.uint64)
+    g = np.arange(groups, dtype=np.uint64)
+    counter = np.zeros((T, groups, 4), dtype=np.uint32)
+    counter[..., 0] = g[None, :]
+    counter[..., 1] = ((offset + t) % 2**32)[:, None]
+    counter[..., 2] = layer_id
+    words = philox4x32_10(counter, np.array([seed_lo, seed_hi], dtype=np.uint32))
+    return words.reshape(T, groups * _WORDS)[:, :n]
 
 
 def dropout_keep_mask(row_shape, T: int, seed: int, sample_offset: int, layer_id: int, p: float) -> np.ndarray:
@@ -82,23 +110,12 @@ def dropout_keep_mask(row_shape, T: int, seed: int, sample_offset: int, layer_id
         bool[T, *row_shape]: True where the element is kept in sample ``sample_offset + t``.
     """
     row_shape = tuple(int(d) for d in row_shape)
-    seed_lo, seed_hi, offset = (int(v) for v in seed_to_rng(seed, sample_offset))
-    _check_layer(layer_id)
-    n = math.prod(row_shape)
-    groups = -(-n // _WORDS)
-    t = np.arange(T, dtype=np.uint64)
-    g = np.arange(groups, dtype=np.uint64)
-    counter = np.zeros((T, groups, 4), dtype=np.uint32)
-    counter[..., 0] = g[None, :]
-    counter[..., 1] = ((offset + t) % 2**32)[:, None]
-    counter[..., 2] = layer_id
-    words = philox4x32_10(counter, np.array([seed_lo, seed_hi], dtype=np.uint32))
-    words = words.reshape(T, groups * _WORDS)[:, :n]
+    words = philox_words(row_shape, T, seed, sample_offset, layer_id)
     return (words >= np.uint32(keep_threshold(p))).reshape((T, *row_shape))
 
 
 def mc_dropout_reference(x: np.ndarray, rng: np.ndarray, *, T: int, p: float, layer_id: int,
-                         zero_point: int = 0) -> np.ndarray:
+                         zero_point: int = 0, channelwise: bool = False) -> np.ndarray:
     """What the compiled kernel computes, in numpy: the reference the tests compare it with.
 
     Parameters
@@ -107,7 +124,7 @@ def mc_dropout_reference(x: np.ndarray, rng: np.ndarray, *, T: int, p: float, la
         int8, uint8 or float32 input of shape (B * T, *rest).
     rng : np.ndarray
         uint32[3] (seed_lo, seed_hi, sample_offset), see ``seed_to_rng``.
-    T, p, layer_id, zero_point
+    T, p, layer_id, zero_point, channelwise
         As in ``mc_dropout_primfunc``.
 
     Returns
@@ -116,10 +133,14 @@ def mc_dropout_reference(x: np.ndarray, rng: np.ndarray, *, T: int, p: float, la
         Same shape and dtype as ``x``.
     """
     x = np.asarray(x)
-    _check_args(x.shape, str(x.dtype), T, p, layer_id, zero_point)
+    _check_args(x.shape, str(x.dtype), T, p, layer_id, zero_point, channelwise)
     rng = np.asarray(rng, dtype=np.uint32)
     seed = int(rng[0]) | int(rng[1]) << 32
-    mask = dropout_keep_mask(x.shape[1:], T, seed, int(rng[2]), layer_id, p)
+    if channelwise:  # one decision per channel, the same over the channel's elements
+        mask = dropout_keep_mask(x.shape[1:2], T, seed, int(rng[2]), layer_id, p)
+        mask = np.broadcast_to(mask.reshape(T, x.shape[1], *[1] * (x.ndim - 2)), (T, *x.shape[1:]))
+    else:
+        mask = dropout_keep_mask(x.shape[1:], T, seed, int(rng[2]), layer_id, p)
     mask = np.tile(mask, (x.shape[0] // T,) + (1,) * (x.ndim - 1))  # row r uses sample r % T
     if x.dtype in (np.int8, np.uint8):
         return np.where(mask, x, x.dtype.type(zero_point))
@@ -127,7 +148,7 @@ def mc_dropout_reference(x: np.ndarray, rng: np.ndarray, *, T: int, p: float, la
 
 
 def mc_dropout_primfunc(shape, dtype: str, T: int, p: float, layer_id: int, zero_point: int = 0,
-                        repeat: bool = False) -> tirx.PrimFunc:
+                        repeat: bool = False, channelwise: bool = False) -> tirx.PrimFunc:
     """The MC dropout kernel for one layer: ``(x: dtype[shape], rng: uint32[3], out: dtype[shape])``.
 
     Two spatial blocks, both free to parallelise: ``philox_keep`` runs one Philox block per
@@ -154,21 +175,24 @@ def mc_dropout_primfunc(shape, dtype: str, T: int, p: float, layer_id: int, zero
     repeat : bool
         x holds R / T rows and row r reads row r // T: the T-fold repeat of the images done by the
         kernel (no copy of the repeated rows). ``shape`` stays the output's.
+    channelwise : bool
+        One keep decision per (sample, channel): element (r, c, ...) reads the mask at (r % T, c).
 
     Returns
     -------
     tvm.tirx.PrimFunc
     """
     shape = tuple(int(d) for d in shape)
-    _check_args(shape, dtype, T, p, layer_id, zero_point)
+    _check_args(shape, dtype, T, p, layer_id, zero_point, channelwise)
     rest = shape[1:]
-    n = math.prod(rest)
+    n = shape[1] if channelwise else math.prod(rest)
     groups = -(-n // _WORDS)
     threshold = tirx.const(keep_threshold(p), "uint32")
     with IRBuilder() as ib:
         with tb.prim_func(s_tir=True):
             tb.func_name("mc_dropout")
-            tb.func_attr({"tirx.noalias": True, _ATTR: [T, float(p), int(layer_id), int(zero_point), int(repeat)]})
+            tb.func_attr({"tirx.noalias": True,
+                          _ATTR: [T, float(p), int(layer_id), int(zero_point), int(repeat), int(channelwise)]})
             x = tb.arg("x", tb.Buffer((shape[0] // T, *rest) if repeat else shape, dtype))
             rng = tb.arg("rng", tb.Buffer((3,), "uint32"))
             out = tb.arg("out", tb.Buffer(shape, dtype))
@@ -183,7 +207,7 @@ def mc_dropout_primfunc(shape, dtype: str, T: int, p: float, layer_id: int, zero
             with tb.grid(*shape) as loops:
                 with tb.sblock("apply_dropout"):
                     v = _as_list(tb.axis.remap("S" * len(shape), _as_list(loops)))
-                    kept = keep[v[0] % T, _flat_index(v[1:], rest)]
+                    kept = keep[v[0] % T, v[1] if channelwise else _flat_index(v[1:], rest)]
                     xv = x[[v[0] // T, *v[1:]]] if repeat else x[v]
                     if dtype != "float32":
                         value = tirx.Select(kept, xv, tirx.const(zero_point, dtype))
@@ -195,7 +219,7 @@ def mc_dropout_primfunc(shape, dtype: str, T: int, p: float, layer_id: int, zero
 
 
 def apply_mc_dropout(bb: relax.BlockBuilder, x: relax.Expr, rng: relax.Expr, *, T: int, p: float, layer_id: int,
-                     zero_point: int = 0, repeat: bool = False) -> relax.Expr:
+                     zero_point: int = 0, repeat: bool = False, channelwise: bool = False) -> relax.Expr:
     """Emit MC dropout of X into the Relax function that BB is building.
 
     Parameters
@@ -206,7 +230,7 @@ def apply_mc_dropout(bb: relax.BlockBuilder, x: relax.Expr, rng: relax.Expr, *, 
         int8, uint8 or float32 tensor of static shape (B * T, *rest), or (B, *rest) with REPEAT.
     rng : relax.Expr
         uint32[3] tensor (seed_lo, seed_hi, sample_offset), typically a parameter of main.
-    T, p, layer_id, zero_point, repeat
+    T, p, layer_id, zero_point, repeat, channelwise
         As in ``mc_dropout_primfunc``.
 
     Returns
@@ -220,7 +244,7 @@ def apply_mc_dropout(bb: relax.BlockBuilder, x: relax.Expr, rng: relax.Expr, *, 
     shape = [int(d) for d in ty.shape]
     if repeat:
         shape[0] *= T
-    func = mc_dropout_primfunc(shape, ty.dtype, T, p, layer_id, zero_point, repeat)
+    func = mc_dropout_primfunc(shape, ty.dtype, T, p, layer_id, zero_point, repeat, channelwise)
     # Without its own symbol the kernel is exported under its GlobalVar's name, which the builder
     # keeps unique: two layers' kernels must not both export "mc_dropout".
     gvar = bb.add_func(func.without_attr("global_symbol"), f"mc_dropout_l{layer_id}")
@@ -261,12 +285,14 @@ def _divisor_at_most(n: int, cap: int) -> int:
 
 
 def mc_dropout_info(func) -> dict | None:
-    """(T, p, layer_id, zero_point, repeat) of an MC dropout kernel as a dict, or None for any other function."""
+    """(T, p, layer_id, zero_point, repeat, channelwise) of an MC dropout kernel as a dict, or None for any other
+    function."""
     attrs = getattr(func, "attrs", None)
     if not isinstance(func, tirx.PrimFunc) or attrs is None or _ATTR not in attrs:
         return None
-    t, p, layer_id, zp, repeat = attrs[_ATTR]
-    return {"T": int(t), "p": float(p), "layer_id": int(layer_id), "zero_point": int(zp), "repeat": bool(repeat)}
+    t, p, layer_id, zp, repeat, channelwise = attrs[_ATTR]
+    return {"T": int(t), "p": float(p), "layer_id": int(layer_id), "zero_point": int(zp), "repeat": bool(repeat),
+            "channelwise": bool(channelwise)}
 
 
 def _check_layer(layer_id: int) -> None:
@@ -275,10 +301,12 @@ def _check_layer(layer_id: int) -> None:
         raise ValueError(f"layer_id must be in [0, 2^32), got {layer_id}")
 
 
-def _check_args(shape, dtype: str, T: int, p: float, layer_id: int, zero_point: int) -> None:
+def _check_args(shape, dtype: str, T: int, p: float, layer_id: int, zero_point: int, channelwise: bool = False) -> None:
     """Reject arguments the kernel and the reference cannot honour, with the reason."""
     if dtype not in MC_DROPOUT_DTYPES:
         raise ValueError(f"MC dropout supports {MC_DROPOUT_DTYPES}, got {dtype}")
+    if channelwise and len(shape) < 2:
+        raise ValueError(f"channel-wise MC dropout needs a channel axis (axis 1), got shape {tuple(shape)}")
     if len(shape) < 1 or T < 1 or shape[0] % T:
         raise ValueError(f"the leading axis of {tuple(shape)} must be B * T with T = {T} >= 1")
     keep_threshold(p)

@@ -1,7 +1,7 @@
 """ExpandMonteCarlo: main(x) with dropout markers -> one function mc_T{T}(x, rng) per T.
 
 Everything before the first dropout (the filter, the convolutions) runs once per image; at the
-first dropout the batch is repeated T times (row b*T + t is image b, pass t) and the rest runs as
+first dropout (or a dithered filter's marker: dither.py) the batch is repeated T times (row b*T + t is image b, pass t) and the rest runs as
 one batch of B*T rows. Each marker becomes the Philox dropout kernel of its layer (dropout.py),
 reading the runtime input ``rng = uint32[3] (seed_lo, seed_hi, sample_offset)``. TVM needs static
 shapes, hence one function per T. A module without markers is returned unchanged.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from .dither import apply_dither, dither_marker_bits
 from .dropout import apply_mc_dropout
 from .markers import marker_info, marker_input
 
@@ -52,7 +53,12 @@ class _Expander:
         if info is not None:
             x = self.rows(marker_input(v))
             self.env[b.var] = apply_mc_dropout(self.bb, x, self.rng, T=self.T, p=info.p, layer_id=info.layer_id,
-                                               zero_point=info.zero_point)
+                                               zero_point=info.zero_point, channelwise=info.channelwise)
+            self.wide.add(b.var)
+            return
+        bits = dither_marker_bits(self.mod, v)
+        if bits is not None:
+            self.env[b.var] = apply_dither(self.bb, self.rows(marker_input(v)), self.rng, T=self.T, bits=bits)
             self.wide.add(b.var)
             return
         widen = self.T > 1 and any(u in self.wide for u in relax.analysis.free_vars(v))
@@ -86,7 +92,8 @@ class ExpandMonteCarlo:
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
         main = mod["main"]
         bindings = [b for block in main.body.blocks for b in block.bindings]
-        if not any(marker_info(mod, b.value) is not None for b in bindings):
+        if not any(marker_info(mod, b.value) is not None or dither_marker_bits(mod, b.value) is not None
+                   for b in bindings):
             return mod
         bb = relax.BlockBuilder(tvm.IRModule({g: f for g, f in mod.functions.items() if g.name_hint != "main"}))
         for T in self.t_set:

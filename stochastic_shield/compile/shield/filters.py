@@ -20,14 +20,15 @@ from tvm import relax, s_tir, te, tirx
 
 from ...errors import ShieldError
 
-KINDS = ("median", "gaussian", "bits")
+KINDS = ("median", "gaussian", "bits", "dither")
 MEDIAN_WINDOWS = (3, 5)
 GAUSSIAN_WINDOWS = (3, 5, 7, 9)
 BIT_DEPTHS = tuple(range(1, 9))
 FILTER_ATTR = "shield.filter"  # PrimFunc attribute naming the filter's spec (compact form)
-FORMS = "median:K (K=3|5), gaussian:SIGMA:K (K odd 3..9), bits:B (B=1..8), joined with '+', or 'none'"
+FORMS = ("median:K (K=3|5), gaussian:SIGMA:K (K odd 3..9), bits:B (B=1..8), dither:B (bits:B rounding at random "
+         "per pass), joined with '+', or 'none'")
 _DEFAULTS = {"k": 3, "sigma": 1.0, "bits": 4}
-_PARAMS = {"median": ("k",), "gaussian": ("sigma", "k"), "bits": ("bits",)}
+_PARAMS = {"median": ("k",), "gaussian": ("sigma", "k"), "bits": ("bits",), "dither": ("bits",)}
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,11 @@ class FilterSpec:
     """One input filter: ``kind`` in KINDS and its parameters.
 
     kind: "median" (exact median of the k*k window), "gaussian" (normalised k*k Gaussian blur)
-      or "bits" (bit-depth reduction to 2^bits levels).
+      "bits" (bit-depth reduction to 2^bits levels) or "dither" (the same levels, each pixel rounded
+      up or down at random in every MC pass, up with probability its fractional part: dither.py).
     k: window size, odd: 3 or 5 for median, 3 to 9 for gaussian (unused by bits).
     sigma: standard deviation of the Gaussian, in pixels (gaussian only).
-    bits: bit depth, 1 to 8 (bits only).
+    bits: bit depth, 1 to 8 (bits and dither only).
     Parameters a kind does not use must stay at their defaults, so equal filters compare equal.
     """
 
@@ -65,13 +67,19 @@ class FilterSpec:
                 raise ShieldError(f"gaussian sigma={self.sigma!r} must be a positive finite number",
                                   "e.g. gaussian:1.0:5 (sigma 1.0, 5x5 window)")
             object.__setattr__(self, "sigma", float(self.sigma))  # so 1 and 1.0 give equal specs
-        if self.kind == "bits" and not (_is_int(self.bits) and self.bits in BIT_DEPTHS):
-            raise ShieldError(f"bit depth bits={self.bits!r} is out of range", "bits takes an integer from 1 to 8")
+        if self.kind in ("bits", "dither") and not (_is_int(self.bits) and self.bits in BIT_DEPTHS):
+            raise ShieldError(f"bit depth bits={self.bits!r} is out of range",
+                              f"{self.kind} takes an integer from 1 to 8")
+
+    @property
+    def random(self) -> bool:
+        """True for a filter that draws random numbers (a new draw per MC pass): dither."""
+        return self.kind == "dither"
 
     @property
     def radius(self) -> int:
         """How many pixels the window reaches past the centre (0 for pointwise filters)."""
-        return 0 if self.kind == "bits" else self.k // 2
+        return 0 if self.kind in ("bits", "dither") else self.k // 2
 
     def describe(self) -> dict:
         """The spec as a JSON-ready dict holding only the parameters its kind uses."""
@@ -98,7 +106,10 @@ def parse_filters(text: str) -> tuple[FilterSpec, ...]:
     text = text.strip()
     if text.lower() in ("", "none"):
         return ()
-    return tuple(_parse_one(part.strip(), text) for part in text.split("+"))
+    specs = tuple(_parse_one(part.strip(), text) for part in text.split("+"))
+    if sum(s.random for s in specs) > 1:
+        raise ShieldError(f"filter chain {text!r} has more than one dither filter", "keep one dither:B in the chain")
+    return specs
 
 
 def _parse_one(part: str, text: str) -> FilterSpec:
@@ -152,7 +163,7 @@ def filter_primfunc(spec: FilterSpec, shape) -> tirx.PrimFunc:
     """
     shape = _check_shape(spec, shape)
     x = te.placeholder(shape, "float32", name="x")
-    if spec.kind == "bits":
+    if spec.kind in ("bits", "dither"):  # dither: its deterministic stand-in until ExpandMonteCarlo (dither.py)
         out = _bits(x, spec.bits)
     elif spec.kind == "gaussian":
         out = _gaussian(_reflect_pad(x, spec.radius), shape, gaussian_weights(spec.sigma, spec.k))
@@ -303,10 +314,16 @@ def torch_filter(spec: FilterSpec, x: torch.Tensor) -> torch.Tensor:
     median: ``F.pad(reflect)`` + ``unfold`` + ``median`` (k*k is odd, so the median is exact);
     gaussian: depthwise ``conv2d`` with ``gaussian_weights`` after ``F.pad(reflect)``, differentiable;
     bits: ``torch.round(x.clamp(0, 1) * L) / L`` (gradient zero almost everywhere: wrap with BPDA).
+    dither: fresh random rounding from torch's generator (``dither.torch_dither``; the board's own
+    numbers for a seed come from ``dither.dither_u24``).
     """
     if x.dim() != 4:
         raise ShieldError(f"filter {spec} takes an NCHW image batch, got shape {tuple(x.shape)}",
                           "give a 4-D tensor (N, C, H, W)")
+    if spec.kind == "dither":
+        from .dither import torch_dither
+
+        return torch_dither(x, spec.bits, None)
     if spec.kind == "bits":
         levels = float(2 ** spec.bits - 1)
         return torch.round(x.clamp(0.0, 1.0) * levels) / levels

@@ -62,7 +62,7 @@ def insert_graph_dropout(gm: torch.fx.GraphModule, config: ShieldConfig) -> tupl
                 new.meta.update(node.meta)
                 node.replace_all_uses_with(new)
                 graph.erase_node(node)
-                sites.append({"layer_id": layer_id, "at": (_paths(node) or ["?"])[-1], "p": p})
+                sites.append({"layer_id": layer_id, "at": (_paths(node) or ["?"])[-1], "p": p, "channel": site.channel})
                 layer_id += 1
         else:
             node = _last_node_of(gm, site.after)
@@ -73,7 +73,7 @@ def insert_graph_dropout(gm: torch.fx.GraphModule, config: ShieldConfig) -> tupl
                 new = graph.call_function(torch.ops.shield.mc_dropout.default, (node, site.p, layer_id))
             new.meta.update(node.meta)
             node.replace_all_uses_with(new, delete_user_cb=lambda u: u is not new)
-            sites.append({"layer_id": layer_id, "at": f"after {site.after}", "p": site.p})
+            sites.append({"layer_id": layer_id, "at": f"after {site.after}", "p": site.p, "channel": site.channel})
             layer_id += 1
     graph.lint()
     gm.recompile()

@@ -13,6 +13,7 @@ from tvm import relax, te
 
 MARKER_PREFIX = "shield_dropout_marker"
 _P, _LAYER, _ZP = "shield.dropout_p", "shield.dropout_layer", "shield.dropout_zero_point"
+_CHANNEL = "shield.dropout_channel"
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class MarkerInfo:
     p: float
     layer_id: int
     zero_point: int = 0
+    channelwise: bool = False  # one keep decision per channel (axis 1), not per element
 
 
 def marker_primfunc(shape, dtype: str, info: MarkerInfo):
@@ -29,7 +31,8 @@ def marker_primfunc(shape, dtype: str, info: MarkerInfo):
     x = te.placeholder(shape, dtype, name="x")
     y = te.compute(shape, lambda *i: x[i], name="y")
     f = te.create_prim_func([x, y])
-    return f.with_attrs({_P: float(info.p), _LAYER: int(info.layer_id), _ZP: int(info.zero_point)})
+    return f.with_attrs({_P: float(info.p), _LAYER: int(info.layer_id), _ZP: int(info.zero_point),
+                         _CHANNEL: int(info.channelwise)})
 
 
 def emit_marker(bb: relax.BlockBuilder, x: relax.Expr, info: MarkerInfo) -> relax.Expr:
@@ -50,7 +53,18 @@ def marker_info(mod, call) -> MarkerInfo | None:
     if not gvar.name_hint.startswith(MARKER_PREFIX):
         return None
     attrs = mod[gvar].attrs
-    return MarkerInfo(float(attrs[_P]), int(attrs[_LAYER]), int(attrs[_ZP]) if _ZP in attrs else 0)
+    return MarkerInfo(float(attrs[_P]), int(attrs[_LAYER]), int(attrs[_ZP]) if _ZP in attrs else 0,
+                      bool(int(attrs[_CHANNEL])) if _CHANNEL in attrs else False)
+
+
+def mark_channelwise(mod, layer_ids):
+    """MOD with the dropout markers of LAYER_IDS made channel-wise (the importers make element-wise ones)."""
+    mod = mod.clone()
+    for gvar, func in list(mod.functions.items()):
+        attrs = getattr(func, "attrs", None)
+        if gvar.name_hint.startswith(MARKER_PREFIX) and attrs is not None and int(attrs[_LAYER]) in layer_ids:
+            mod[gvar] = func.with_attr(_CHANNEL, 1)
+    return mod
 
 
 def marker_input(call) -> relax.Expr:

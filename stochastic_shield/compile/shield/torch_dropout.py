@@ -55,14 +55,14 @@ def insert_mc_dropout(model: nn.Module, config: ShieldConfig) -> tuple[nn.Module
             for name, m in found:
                 p = m.p if site.p is None else site.p
                 _set(model, name, MCDropout(p, layer_id))
-                sites.append({"layer_id": layer_id, "at": name, "p": p})
+                sites.append({"layer_id": layer_id, "at": name, "p": p, "channel": site.channel})
                 layer_id += 1
         else:
             if site.after not in named or site.after == "":
                 raise ShieldError(f"dropout after {site.after!r}: the model has no such layer",
                                   f"layers: {', '.join(n for n in named if n)}")
             _set(model, site.after, nn.Sequential(named[site.after], MCDropout(site.p, layer_id)))
-            sites.append({"layer_id": layer_id, "at": f"after {site.after}", "p": site.p})
+            sites.append({"layer_id": layer_id, "at": f"after {site.after}", "p": site.p, "channel": site.channel})
             layer_id += 1
     return model, sites
 
