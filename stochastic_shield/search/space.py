@@ -12,14 +12,16 @@ if TYPE_CHECKING:  # the shield's modules load TVM: imported where used, so `shi
     from ..compile.shield.config import ShieldConfig
 
 NONE = "none"
-# The default space on the shipped Fashion-MNIST CNN, sized for about an hour on two shared cores: bit
-# depth 1-5, the 3x3 median, a light Gaussian and chains (the 5x5 median and wider Gaussians cost far more
-# clean accuracy than the budgets allow: add them with --filters); the model's own dropout layers, and
-# element-wise dropout on the convolution feature maps (pool1: 32x14x14, before conv2, so conv2 runs T
-# times too; pool2: 64x7x7, before the dense layers).
-DEFAULT_FILTERS = ("none", "bits:1", "bits:2", "bits:3", "bits:4", "bits:5", "median:3", "gaussian:0.5:3",
-                   "median:3+bits:3", "gaussian:0.5:3+bits:3")
-DEFAULT_DROPOUTS = ("none", "model:0.3", "model:0.5", "pool2:0.2", "pool1:0.1")
+RANDOM_FILTERS = ("dither",)  # filter kinds that draw random numbers per pass (FilterSpec.random)
+# The default space on the shipped Fashion-MNIST CNN, sized for about an hour and a half on two shared
+# cores: bit depth 1-5 and its dithered form (random rounding per pass, dither.py), the 3x3 median, a light
+# Gaussian and chains (the 5x5 median and wider Gaussians cost far more clean accuracy than the budgets
+# allow: add them with --filters); the model's own dropout layers, and element-wise and channel-wise
+# dropout on the convolution feature maps (pool1: 32x14x14, before conv2, so conv2 runs T times too;
+# pool2: 64x7x7, before the dense layers).
+DEFAULT_FILTERS = ("none", "bits:1", "bits:2", "bits:3", "bits:4", "bits:5", "dither:2", "dither:3", "median:3",
+                   "gaussian:0.5:3", "median:3+bits:3", "gaussian:0.5:3+bits:3")
+DEFAULT_DROPOUTS = ("none", "model:0.3", "model:0.5", "pool2:0.2", "pool1:0.1", "pool1:0.1:channel")
 SEARCH_T = (1, 8, 32)
 
 
@@ -32,7 +34,8 @@ class Pair:
 
     @property
     def stochastic(self) -> bool:
-        return self.dropout != NONE
+        """MC dropout, or a filter that draws random numbers per pass: the T passes differ."""
+        return self.dropout != NONE or any(f.split(":")[0] in RANDOM_FILTERS for f in self.filter.split("+"))
 
     @property
     def key(self) -> str:
@@ -53,7 +56,7 @@ class Pair:
         from ..compile.shield.config import parse_shield
 
         parts = [f"filter={self.filter}"] if self.filter != NONE else []
-        if self.stochastic:
+        if self.dropout != NONE:
             parts.append(f"dropout={self.sites()}")
         if not parts:
             return None
@@ -62,7 +65,7 @@ class Pair:
     def config_name(self) -> str:
         """The robustness grid's configuration that compiles exactly this pair in."""
         return {(False, False): "int8", (True, False): "int8+filter", (False, True): "int8+dropout",
-                (True, True): "int8+shield"}[(self.filter != NONE, self.stochastic)]
+                (True, True): "int8+shield"}[(self.filter != NONE, self.dropout != NONE)]
 
     def rows(self, Ts) -> list[int]:
         """The T values the pair is evaluated at: every T when stochastic, else 1."""
