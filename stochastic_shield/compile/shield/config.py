@@ -79,8 +79,8 @@ class ShieldConfig:
     def describe(self) -> dict:
         """JSON-ready form for the manifest."""
         return {"filters": [f.describe() for f in self.filters], "filter": "+".join(map(str, self.filters)) or "none",
-                "dropout": [{"after": s.after, "p": s.p, "channel": s.channel} for s in self.dropout], "T": list(self.T),
-                "compact": str(self)}
+                "dropout": [{"after": s.after, "p": s.p, "channel": s.channel} for s in self.dropout],
+                "T": list(self.T), "compact": str(self)}
 
     def __str__(self):
         parts = [f"filter={'+'.join(map(str, self.filters)) or 'none'}"]

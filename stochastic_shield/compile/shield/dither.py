@@ -30,6 +30,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as tb
 
 from .dropout import _WORDS, _as_list, _flat_index, philox_words
+from .markers import marker_attrs
 from .philox import add_u32, philox_tir
 
 DITHER_LAYER = 0xD17E0000   # the Philox layer id of the dither's numbers (dropout layers count from 0)
@@ -145,12 +146,8 @@ def emit_dither_marker(bb: relax.BlockBuilder, x: relax.Expr, bits: int) -> rela
 
 def dither_marker_bits(mod, call) -> int | None:
     """The bit depth when CALL is a dither marker of MOD, else None."""
-    if not isinstance(call, relax.Call) or getattr(call.op, "name", "") != "relax.call_tir":
-        return None
-    gvar = call.args[0]
-    if not gvar.name_hint.startswith(MARKER_PREFIX):
-        return None
-    return int(mod[gvar].attrs[_BITS_ATTR])
+    attrs = marker_attrs(mod, call, MARKER_PREFIX)
+    return None if attrs is None else int(attrs[_BITS_ATTR])
 
 
 def dither_info(func) -> dict | None:

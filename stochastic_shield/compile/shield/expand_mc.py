@@ -1,8 +1,9 @@
 """ExpandMonteCarlo: main(x) with dropout markers -> one function mc_T{T}(x, rng) per T.
 
 Everything before the first dropout (the filter, the convolutions) runs once per image; at the
-first dropout (or a dithered filter's marker: dither.py) the batch is repeated T times (row b*T + t is image b, pass t) and the rest runs as
-one batch of B*T rows. Each marker becomes the Philox dropout kernel of its layer (dropout.py),
+first dropout (or a dithered filter's marker: dither.py) the batch is repeated T times (row b*T + t
+is image b, pass t) and the rest runs as one batch of B*T rows. Each dropout marker becomes the
+Philox dropout kernel of its layer (dropout.py), each dither marker the dither kernel, both
 reading the runtime input ``rng = uint32[3] (seed_lo, seed_hi, sample_offset)``. TVM needs static
 shapes, hence one function per T. A module without markers is returned unchanged.
 """

@@ -45,14 +45,19 @@ def emit_marker(bb: relax.BlockBuilder, x: relax.Expr, info: MarkerInfo) -> rela
     return bb.emit(relax.call_tir(gvar, [x], out_ty=relax.TensorType(shape, ty.dtype)))
 
 
-def marker_info(mod, call) -> MarkerInfo | None:
-    """What CALL's marker carries when CALL is a dropout marker of MOD, else None."""
+def marker_attrs(mod, call, prefix: str = MARKER_PREFIX):
+    """The attributes of CALL's kernel when CALL is a call_tir of a MOD function named PREFIX..., else None."""
     if not isinstance(call, relax.Call) or getattr(call.op, "name", "") != "relax.call_tir":
         return None
     gvar = call.args[0]
-    if not gvar.name_hint.startswith(MARKER_PREFIX):
+    return mod[gvar].attrs if gvar.name_hint.startswith(prefix) else None
+
+
+def marker_info(mod, call) -> MarkerInfo | None:
+    """What CALL's marker carries when CALL is a dropout marker of MOD, else None."""
+    attrs = marker_attrs(mod, call)
+    if attrs is None:
         return None
-    attrs = mod[gvar].attrs
     return MarkerInfo(float(attrs[_P]), int(attrs[_LAYER]), int(attrs[_ZP]) if _ZP in attrs else 0,
                       bool(int(attrs[_CHANNEL])) if _CHANNEL in attrs else False)
 
