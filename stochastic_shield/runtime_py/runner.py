@@ -98,7 +98,8 @@ class Deployment:
         import tvm
 
         if self.stochastic:
-            raise ShieldError("this artifact is shielded with MC dropout: it needs T and a seed (fresh by default)",
+            raise ShieldError("this artifact is stochastic (MC dropout or a dithered filter): it needs T and a seed "
+                              "(fresh by default)",
                               "use mc_logits(x, T) (CLI: --T; --seed only to reproduce a run)")
         if len(x) == 0:
             return np.zeros((0, len(self.artifact.classes)), np.float32)

@@ -52,7 +52,7 @@ class NumpyReference(LayerVisitor):
 
     def __init__(self, plan: QuantPlan, T: int = 1, rng=None):
         if plan.stochastic and rng is None:
-            raise ValueError("a plan with MC dropout needs rng = seed_to_rng(seed, sample_offset)")
+            raise ValueError("a stochastic plan (MC dropout, a dithered filter) needs rng = seed_to_rng(seed, sample_offset)")
         self.plan, self.T, self.rng = plan, int(T), rng
         self.f32: dict = {}
         self.i8: dict = {}
