@@ -246,7 +246,9 @@ def test_tuned_int8_artifact_on_the_emulated_board_matches_the_untuned_one(emula
 
     tuned = compile_artifact(CompileArgs(None, "rasp4b64", tmp_path / "tuned", int8=True), database_dir=db)
     plain = compile_artifact(CompileArgs(None, "rasp4b64", tmp_path / "plain", int8=True, use_db=False))
-    assert tuned["library_sha256"] != plain["library_sha256"]
+    # The database is applied. Its best record may be the seeded default schedule itself (6 trials on a
+    # busy machine), whose build is the untuned one byte for byte, so the library hashes cannot tell.
+    assert tuned["tuning"] == {"database": str(db)} and plain["tuning"] is None
     x = fashion_test.as_float(0, 8)
     board = Endpoint(emulated_boards.tracker, "rasp4b64", session_timeout=300)
     with Deployment(tmp_path / "tuned", board) as dep:
