@@ -5,17 +5,16 @@ import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..defaults import DEFAULT_DROPOUT, DEFAULT_FILTER
+from ..defaults import DEFAULT_DROPOUT, DEFAULT_FILTER, RANDOM_FILTER_KINDS
 from ..errors import ShieldError
 
 if TYPE_CHECKING:  # the shield's modules load TVM: imported where used, so `shield --help` stays light
     from ..compile.shield.config import ShieldConfig
 
 NONE = "none"
-RANDOM_FILTERS = ("dither",)  # filter kinds that draw random numbers per pass (FilterSpec.random)
-# The default space on the shipped Fashion-MNIST CNN, sized for about an hour and a half on two shared
-# cores: bit depth 1-5 and its dithered form (random rounding per pass, dither.py), the 3x3 median, a light
-# Gaussian and chains (the 5x5 median and wider Gaussians cost far more clean accuracy than the budgets
+# The default space on the shipped Fashion-MNIST CNN, about two hours on two shared cores (estimated from
+# the per-pair times of the 1000-image run: dithered and pool1 pairs screen in 1-3 minutes each): bit depth
+# 1-5 and its dithered form (random rounding per pass, dither.py), the 3x3 median, a light Gaussian and chains (the 5x5 median and wider Gaussians cost far more clean accuracy than the budgets
 # allow: add them with --filters); the model's own dropout layers, and element-wise and channel-wise
 # dropout on the convolution feature maps (pool1: 32x14x14, before conv2, so conv2 runs T times too;
 # pool2: 64x7x7, before the dense layers).
@@ -35,7 +34,7 @@ class Pair:
     @property
     def stochastic(self) -> bool:
         """MC dropout, or a filter that draws random numbers per pass: the T passes differ."""
-        return self.dropout != NONE or any(f.split(":")[0] in RANDOM_FILTERS for f in self.filter.split("+"))
+        return self.dropout != NONE or any(f.split(":")[0] in RANDOM_FILTER_KINDS for f in self.filter.split("+"))
 
     @property
     def key(self) -> str:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tvm import relax, s_tir, te, tirx
 
+from ...defaults import RANDOM_FILTER_KINDS
 from ...errors import ShieldError
 
 KINDS = ("median", "gaussian", "bits", "dither")
@@ -74,7 +75,7 @@ class FilterSpec:
     @property
     def random(self) -> bool:
         """True for a filter that draws random numbers (a new draw per MC pass): dither."""
-        return self.kind == "dither"
+        return self.kind in RANDOM_FILTER_KINDS
 
     @property
     def radius(self) -> int:
