@@ -14,8 +14,9 @@ if TYPE_CHECKING:  # the shield's modules load TVM: imported where used, so `shi
 NONE = "none"
 # The default space on the shipped Fashion-MNIST CNN, about two hours on two shared cores (estimated from
 # the per-pair times of the 1000-image run: dithered and pool1 pairs screen in 1-3 minutes each): bit depth
-# 1-5 and its dithered form (random rounding per pass, dither.py), the 3x3 median, a light Gaussian and chains (the 5x5 median and wider Gaussians cost far more clean accuracy than the budgets
-# allow: add them with --filters); the model's own dropout layers, and element-wise and channel-wise
+# 1-5 and its dithered form (random rounding per pass, dither.py), the 3x3 median, a light Gaussian and
+# chains (the 5x5 median and wider Gaussians cost far more clean accuracy than the budgets allow: add them
+# with --filters); the model's own dropout layers, and element-wise and channel-wise
 # dropout on the convolution feature maps (pool1: 32x14x14, before conv2, so conv2 runs T times too;
 # pool2: 64x7x7, before the dense layers).
 DEFAULT_FILTERS = ("none", "bits:1", "bits:2", "bits:3", "bits:4", "bits:5", "dither:2", "dither:3", "median:3",
