@@ -30,7 +30,6 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as tb
 
 from .dropout import _WORDS, _as_list, _flat_index, philox_words
-from .filters import bits_compute
 from .markers import marker_attrs
 from .philox import add_u32, philox_tir
 
@@ -137,7 +136,9 @@ def emit_dither_marker(bb: relax.BlockBuilder, x: relax.Expr, bits: int) -> rela
     ty = bb.normalize(x).ty
     shape = [int(d) for d in ty.shape]
     xp = te.placeholder(shape, "float32", name="x")
-    y = bits_compute(xp, bits)
+    L = tirx.const(_levels(bits), "float32")
+    zero, one = tirx.const(0.0, "float32"), tirx.const(1.0, "float32")
+    y = te.compute(shape, lambda *i: tirx.round(tirx.min(tirx.max(xp(*i), zero), one) * L) / L, name="y")
     func = te.create_prim_func([xp, y]).with_attr(_BITS_ATTR, int(bits)).without_attr("global_symbol")
     gvar = bb.add_func(func, f"{MARKER_PREFIX}{bits}")
     return bb.emit(relax.call_tir(gvar, [x], out_ty=relax.TensorType(shape, "float32")))

@@ -165,7 +165,7 @@ def filter_primfunc(spec: FilterSpec, shape) -> tirx.PrimFunc:
     shape = _check_shape(spec, shape)
     x = te.placeholder(shape, "float32", name="x")
     if spec.kind in ("bits", "dither"):  # dither: its deterministic stand-in until ExpandMonteCarlo (dither.py)
-        out = bits_compute(x, spec.bits)
+        out = _bits(x, spec.bits)
     elif spec.kind == "gaussian":
         out = _gaussian(_reflect_pad(x, spec.radius), shape, gaussian_weights(spec.sigma, spec.k))
     else:
@@ -264,9 +264,8 @@ def _schedule_median(func: tirx.PrimFunc) -> tirx.PrimFunc:
     return sch.mod["main"]
 
 
-def bits_compute(x: te.Tensor, bits: int) -> te.Tensor:
-    """Bit-depth reduction of X (a te tensor); TIR round is half-to-even, like torch.round. The dither's marker
-    (dither.py) computes it too."""
+def _bits(x: te.Tensor, bits: int) -> te.Tensor:
+    """Bit-depth reduction; TIR round is half-to-even, like torch.round."""
     levels = tirx.const(float(2 ** bits - 1), "float32")
     zero, one = tirx.const(0.0, "float32"), tirx.const(1.0, "float32")
     return te.compute(x.shape, lambda *i: tirx.round(tirx.min(tirx.max(x(*i), zero), one) * levels) / levels,
