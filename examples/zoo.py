@@ -2,7 +2,8 @@
 
 MLPerf Tiny's image-classification ResNet-8, keyword-spotting DS-CNN and visual-wake-words
 MobileNetV1 (width 0.25), a MobileNetV2 (width 0.35) and a MobileNetV3-small-like network
-(hardswish, squeeze-and-excite). None normalises its input: compile them with --mean/--std, or
+(hardswish, squeeze-and-excite); and, for speed benchmarks at 224x224, MobileNetV2-1.0 and ResNet-18 with
+torchvision's layer structure (torchvision's PyPI wheels do not import beside the CPU torch). None normalises its input: compile them with --mean/--std, or
 wrap them in ``Normalized``. Factories take the input channels and the number of classes, so
 ``shield compile --model examples.zoo:mobilenet_v2 --weights w.pt`` can build them.
 """
@@ -169,6 +170,38 @@ class MobileNetV3Small(nn.Module):
         return self.head(torch.flatten(self.pool(self.features(x)), 1))
 
 
+class BasicBlock(nn.Module):
+    """ResNet's two 3x3 convolutions with a shortcut (a 1x1 conv where the shape changes), as in torchvision."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.body = nn.Sequential(conv_bn(cin, cout, 3, stride), conv_bn(cout, cout, 3, act=None))
+        self.shortcut = conv_bn(cin, cout, 1, stride, act=None) if stride != 1 or cin != cout else nn.Identity()
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.body(x) + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 (He et al. 2016) for 224x224 ImageNet inputs: torchvision's layers, 1.8 GMAC."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 1000):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                                  nn.MaxPool2d(3, 2, 1))
+        blocks, cin = [], 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            blocks += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
+
+
 class Normalized(nn.Module):
     """MODEL after (x - mean) / std, for models that do not normalise their [0, 1] input themselves."""
 
@@ -202,6 +235,14 @@ def mobilenet_v3_small(in_channels: int = 3, num_classes: int = 10) -> nn.Module
     return MobileNetV3Small(in_channels, num_classes)
 
 
+def mobilenet_v2_100(in_channels: int = 3, num_classes: int = 1000) -> nn.Module:
+    return MobileNetV2(in_channels, num_classes, 1.0)
+
+
+def resnet18(in_channels: int = 3, num_classes: int = 1000) -> nn.Module:
+    return ResNet18(in_channels, num_classes)
+
+
 # name -> (factory, the input shape (C, H, W) its benchmark uses)
 ZOO = {
     "resnet8": (resnet8, (3, 32, 32)),
@@ -209,4 +250,10 @@ ZOO = {
     "mobilenet_v1_025": (mobilenet_v1, (3, 96, 96)),
     "mobilenet_v2_035": (mobilenet_v2, (3, 96, 96)),
     "mobilenet_v3_small": (mobilenet_v3_small, (3, 96, 96)),
+}
+
+# The networks a Pi user deploys at 224x224 (speed benchmarks; too slow for the emulated board's tests)
+LARGE = {
+    "mobilenet_v2_100": (mobilenet_v2_100, (3, 224, 224)),
+    "resnet18": (resnet18, (3, 224, 224)),
 }
