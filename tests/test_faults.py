@@ -100,7 +100,7 @@ def _kill_group(proc: B.BoardProcess) -> None:
     """kill -9 of a board or tracker (its whole group, as a crash or power cut would), then reap it."""
     os.killpg(proc.pgid, signal.SIGKILL)
     B.stop(proc)
-    assert not group_members(proc.pgid)
+    assert not group_members(proc.pgid), "stop() returned while the killed group was still exiting"
 
 
 # ---------------------------------------------------------------- the database on disk

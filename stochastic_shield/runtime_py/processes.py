@@ -113,6 +113,11 @@ def stop(proc: BoardProcess, timeout: float = 10.0) -> bool:
     """
     popen = _children.get(proc.pid)
     if not group_is_ours(proc.pgid):
+        # A member killed a moment ago may still be exiting: its command line is already empty (so the
+        # group no longer reads as TVM's) while it releases its memory, files and sockets. Wait for it.
+        if popen is not None:
+            popen.poll()
+        wait_group_gone(proc.pgid, timeout, only_exiting=True)
         _reap(proc.pid)
         return False
     for sig, grace in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
@@ -131,6 +136,22 @@ def stop(proc: BoardProcess, timeout: float = 10.0) -> bool:
         raise ShieldError(f"{proc.name} (process group {proc.pgid}) survived SIGKILL",
                           "check it with: ps -g " + str(proc.pgid))
     return True
+
+
+def wait_group_gone(pgid: int, timeout: float, only_exiting: bool = False) -> bool:
+    """Poll until process group PGID has no live member; False if one is left after TIMEOUT seconds.
+
+    ONLY_EXITING: wait only while every member left is exiting (an empty command line: its memory is
+    already released); a live program (a reused PGID) is left alone and False returned at once.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        members = group_members(pgid)
+        if not members:
+            return True
+        if (only_exiting and any(cmd.strip() for _, cmd in members)) or time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def group_members(pgid: int) -> list[tuple[int, str]]:
