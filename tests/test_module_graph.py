@@ -89,6 +89,60 @@ def test_the_cycle_check_finds_a_cycle(tmp_path):
     assert cycles(import_graph(pkg)) == []
 
 
+# The package's layers, as ARCHITECTURE.md draws them: what each part of the package may import besides the
+# base (top-level modules that import no part above them). A part is a subpackage or a top-level module.
+BASE = {"__init__", "errors", "defaults", "paths", "rng", "_atomic", "data", "user_data", "models", "checkpoint",
+        "train", "targets", "tuning_files"}
+MAY_IMPORT = {
+    "compile": set(),
+    "runtime_py": set(),
+    "attacks": {"compile"},
+    "replica_float": set(),
+    "replica": {"compile", "attacks", "replica_float"},
+    "schedules": {"compile", "runtime_py"},
+    "bench": {"compile", "runtime_py", "attacks", "replica", "replica_float"},
+    "search": {"compile", "runtime_py", "attacks", "replica", "replica_float", "bench"},
+    "demo": {"compile", "runtime_py", "attacks", "replica", "replica_float", "bench"},
+    "cli": {"compile", "runtime_py", "attacks", "replica", "replica_float", "bench", "search", "schedules", "demo"},
+    "__main__": {"cli"},
+}
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """'a.b -> c.d' for every import that goes against MAY_IMPORT (or into a part the table does not know)."""
+    def part(module: str) -> str:
+        names = module.split(".")
+        return names[1] if len(names) > 1 else "__init__"
+
+    bad = []
+    for m, targets in sorted(graph.items()):
+        here = part(m)
+        allowed = BASE if here in BASE else BASE | MAY_IMPORT.get(here, set()) | {here}
+        if here not in BASE and here not in MAY_IMPORT:
+            bad.append(f"{m}: part {here!r} is in no layer (add it to MAY_IMPORT and to ARCHITECTURE.md)")
+        bad += [f"{m} -> {t}" for t in sorted(targets) if part(t) not in allowed]
+    return bad
+
+
+def test_packages_import_one_way_as_architecture_draws_them():
+    """compile imports no schedules, runtime_py no compile, the base no package: whole parts, not only modules."""
+    assert layer_violations(import_graph()) == []
+
+
+def test_the_layer_check_finds_an_upward_import(tmp_path):
+    pkg = tmp_path / "stochastic_shield"
+    for sub in ("compile", "schedules"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "errors.py").write_text("")
+    (pkg / "schedules" / "tune.py").write_text("from ..compile import build\nfrom .. import errors\n")
+    (pkg / "compile" / "build.py").write_text("from .. import errors\n")
+    assert layer_violations(import_graph(pkg)) == []
+    (pkg / "compile" / "build.py").write_text("def f():\n    from ..schedules.tune import g\n")
+    assert layer_violations(import_graph(pkg)) == ["stochastic_shield.compile.build -> stochastic_shield.schedules.tune"]
+
+
 @pytest.mark.parametrize("code", [
     "import stochastic_shield.defaults",
     "from stochastic_shield.cli import build_parser; build_parser()",

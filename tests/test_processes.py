@@ -11,7 +11,6 @@ import signal
 import sys
 import time
 
-import pytest
 
 from stochastic_shield.runtime_py import processes as P
 

@@ -129,7 +129,8 @@ def tuning_database(args: CompileArgs) -> Path | None:
         if args.db is not None:
             raise ShieldError(f"a tuning database ({args.db}) was given with use_db=False", "drop one of the two")
         return None
-    from ..schedules.database import model_meta, resolve_database
+    from ..tuning_files import resolve_database
+    from .sources import model_meta
 
     return resolve_database(get_board(args.target).name, model_meta(args.checkpoint),
                             "int8" if args.int8 else "fp32", explicit=args.db)
@@ -137,7 +138,7 @@ def tuning_database(args: CompileArgs) -> Path | None:
 
 def _apply_check(database_dir: Path, prep: Prepared) -> tuple[Path | None, dict]:
     """(the database to build with: None where its check found the defaults faster, the manifest's ``tuning``)."""
-    from ..schedules.verdicts import config_key, current_verdict, describe
+    from ..tuning_files import config_key, current_verdict, describe
 
     verdict = current_verdict(database_dir, config_key(prep))
     tuning = {"database": str(database_dir), "applied": True, "check": verdict}

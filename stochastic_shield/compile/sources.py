@@ -14,6 +14,7 @@ form alike.
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -215,4 +216,25 @@ def with_classes(loaded: LoadedModel, num_outputs: int) -> LoadedModel:
     return loaded
 
 
-__all__ = ["ModelSource", "LoadedModel", "load_model", "with_classes", "replace"]
+
+
+def model_meta(checkpoint=None) -> dict:
+    """What a model is: the sidecar of a checkpoint (default: the shipped model), read without loading the
+    weights; for the other forms of compile/sources.py (.pt2, ONNX, factory) the loaded model's description."""
+    from ..checkpoint import DEFAULT_CHECKPOINT, sidecar_path
+
+    source = ModelSource.coerce(checkpoint)
+    if source.form != "checkpoint":
+        return load_model(source).meta
+    checkpoint = source.path
+    side = sidecar_path(checkpoint if checkpoint is not None else DEFAULT_CHECKPOINT)
+    try:
+        return json.loads(side.read_text())
+    except FileNotFoundError:
+        raise ShieldError(f"checkpoint sidecar {side} not found",
+                          "a checkpoint is a .pt file plus the .json written by 'shield train'") from None
+    except ValueError as e:
+        raise ShieldError(f"sidecar {side} is malformed ({e})", "rewrite it with 'shield train'") from None
+
+
+__all__ = ["ModelSource", "LoadedModel", "load_model", "model_meta", "with_classes", "replace"]
