@@ -262,7 +262,10 @@ def current_verdict(db_dir: Path, key: str) -> dict | None:
 
 def describe(verdict: dict) -> str:
     """One line on a verdict, for compile's output."""
-    return (f"tuned {verdict['tuned_ms']:.4g} ms vs default {verdict['default_ms']:.4g} ms "
+    d = verdict.get("decision")
+    ratio = (f", tuned/default {d['ratio_median']:.3f}, at most {d['ratio_upper_bound'] or float('inf'):.3f} at {d['confidence']:.0%} "
+             f"over {d['rounds']} rounds; needed below {1 - d['margin']:g}") if d else ""
+    return (f"tuned {verdict['tuned_ms']:.4g} ms vs default {verdict['default_ms']:.4g} ms{ratio} "
             f"(T={verdict['T']}, on {verdict['where']}, {verdict['checked']})")
 
 

@@ -58,7 +58,8 @@ def test_python_compile_applies_a_copied_database_exactly_like_the_cli(dense_db,
     shutil.copytree(dense_db, home)  # a database tuned elsewhere, copied where compile looks
     py = compile_artifact(CompileArgs(None, "host", tmp_path / "py", int8=False))
     cli = _cli_compile(tmp_path / "cli", {"SHIELD_CACHE": str(cache)})
-    assert py["tuning"] == cli["tuning"] == {"database": str(home), "applied": True, "check": None}
+    assert py["tuning"] == cli["tuning"] == {"database": str(home), "applied": True, "check": None,
+                                             "tuned_kernels": [DENSE]}
     assert py["library_sha256"] == cli["library_sha256"] != plain["library_sha256"]  # the schedule is in the library
 
     # use_db=False is the CLI's --no-db; db= its --db
@@ -67,7 +68,7 @@ def test_python_compile_applies_a_copied_database_exactly_like_the_cli(dense_db,
     assert off["tuning"] is no_db["tuning"] is None
     assert off["library_sha256"] == no_db["library_sha256"] == plain["library_sha256"]
     explicit = compile_artifact(CompileArgs(None, "host", tmp_path / "explicit", int8=False, db=dense_db))
-    assert explicit["tuning"] == {"database": str(dense_db), "applied": True, "check": None}
+    assert explicit["tuning"] == {"database": str(dense_db), "applied": True, "check": None, "tuned_kernels": [DENSE]}
     assert explicit["library_sha256"] == py["library_sha256"]
 
     # the database belongs to one precision and one board
@@ -99,6 +100,7 @@ def test_compile_follows_the_databases_check_while_it_is_current(dense_db, tmp_p
     (db / CHECKS).write_text(json.dumps({key: verdict(False), "host fp32 batch 8": verdict(True)}))
     slower = _cli_compile(tmp_path / "slower", {"SHIELD_CACHE": str(tmp_path / "cache")}, "--db", str(db))
     assert slower["tuning"]["applied"] is False and "tuned 2 ms vs default 1.5 ms" in slower["tuning"]["why"]
+    assert slower["tuning"]["tuned_kernels"] == []
     assert slower["library_sha256"] == plain["library_sha256"]         # built with the defaults
     text = subprocess.run([sys.executable, "-m", "stochastic_shield", "compile", "--fp32", "--db", str(db), "-o",
                            str(tmp_path / "said")], capture_output=True, text=True, timeout=600).stdout
@@ -111,5 +113,5 @@ def test_compile_follows_the_databases_check_while_it_is_current(dense_db, tmp_p
 
     (db / CHECKS).write_text(json.dumps({key: verdict(False, records=0)}))  # taken before the record came
     stale = compile_artifact(CompileArgs(None, "host", tmp_path / "stale", int8=False, db=db))
-    assert stale["tuning"] == {"database": str(db), "applied": True, "check": None}
+    assert stale["tuning"] == {"database": str(db), "applied": True, "check": None, "tuned_kernels": [DENSE]}
     assert stale["library_sha256"] == tuned["library_sha256"]

@@ -127,7 +127,7 @@ def test_copied_database_is_found_and_applied_by_compile(host_db, tmp_path, monk
 
     tuned = compile_artifact(CompileArgs(None, "host", tmp_path / "tuned", int8=False), database_dir=found)
     plain = compile_artifact(CompileArgs(None, "host", tmp_path / "plain", int8=False, use_db=False))
-    assert tuned["tuning"] == {"database": str(found)}
+    assert tuned["tuning"] == {"database": str(found), "applied": True, "tuned_kernels": [DENSE]}
     assert tuned["library_sha256"] != plain["library_sha256"]  # the tuned dense kernel is in the library
 
 
@@ -145,7 +145,8 @@ def test_finished_run_checks_tuned_against_default_and_compile_follows(host_db, 
     c = res["check"]
     assert res["status"] == "budget reached" and c["measured_now"] and c["key"] == "host fp32 batch 1"
     assert all(len(c["rounds_ms"][k]) == ROUNDS for k in ("tuned", "default"))
-    assert c["apply"] == (c["tuned_ms"] <= c["default_ms"]) and 0 < c["tuned_ms"] < 50 and 0 < c["default_ms"] < 50
+    assert c["apply"] == c["decision"]["apply"] and 0 < c["tuned_ms"] < 50 and 0 < c["default_ms"] < 50
+    assert c["decision"]["rounds"] == ROUNDS and (not c["apply"] or c["decision"]["ratio_upper_bound"] < 1)
     stored = json.loads((db / CHECKS).read_text())["host fp32 batch 1"]
     assert stored["records"] == 4 and stored["tuned_ms"] == c["tuned_ms"]
 
@@ -246,9 +247,11 @@ def test_tuned_int8_artifact_on_the_emulated_board_matches_the_untuned_one(emula
 
     tuned = compile_artifact(CompileArgs(None, "rasp4b64", tmp_path / "tuned", int8=True), database_dir=db)
     plain = compile_artifact(CompileArgs(None, "rasp4b64", tmp_path / "plain", int8=True, use_db=False))
-    # The database is applied. Its best record may be the seeded default schedule itself (6 trials on a
-    # busy machine), whose build is the untuned one byte for byte, so the library hashes cannot tell.
-    assert tuned["tuning"] == {"database": str(db)} and plain["tuning"] is None
+    # The database is applied: the build took the dense kernels' schedules from it (its best record may be
+    # the seeded default schedule itself, whose build is the untuned one byte for byte, so the library
+    # hashes cannot tell).
+    measured = sorted(t["task"] for t in D.show(db)["tasks"] if t["valid"])
+    assert measured and tuned["tuning"]["tuned_kernels"] == measured and plain["tuning"] is None
     x = fashion_test.as_float(0, 8)
     board = Endpoint(emulated_boards.tracker, "rasp4b64", session_timeout=300)
     with Deployment(tmp_path / "tuned", board) as dep:
@@ -276,8 +279,10 @@ def test_shielded_model_tunes_its_dropout_kernel_and_compiles_with_it(two_server
     outs = []
     for db_dir in (None, db):
         art = tmp_path / f"art-{db_dir is not None}"
-        compile_artifact(CompileArgs(None, "host", art, int8=True, calib=64, data_root=str(fashion_root),
-                                     shield=shield), database_dir=db_dir)
+        m = compile_artifact(CompileArgs(None, "host", art, int8=True, calib=64, data_root=str(fashion_root),
+                                         shield=shield), database_dir=db_dir)
+        if db_dir is not None:  # compiled with it: the dropout kernel's schedule came from the database
+            assert any("mc_dropout" in k for k in m["tuning"]["tuned_kernels"]), m["tuning"]
         with Deployment(art) as dep:
             outs.append(dep.mc_logits(x, T=4, seed=5))
     np.testing.assert_array_equal(outs[0], outs[1])  # tuned schedules change speed, not results

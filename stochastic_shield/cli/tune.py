@@ -163,9 +163,13 @@ def _print_tune(res: dict) -> None:
           f"({res['measured']} this run, {res['failed']} failed, {res['elapsed_s']:.0f} s)")
     if res.get("check"):
         c = res["check"]
-        print(f"check ({c['key']}): tuned {c['tuned_ms']:.4g} ms, default {c['default_ms']:.4g} ms on {c['where']}: "
+        d = c.get("decision") or {}
+        ratio = (f" (tuned/default {d['ratio_median']:.3f}, at most {d['ratio_upper_bound'] or float('inf'):.3f} "
+                 f"at {d['confidence']:.0%})") if d else ""
+        print(f"check ({c['key']}): tuned {c['tuned_ms']:.4g} ms, default {c['default_ms']:.4g} ms on {c['where']}{ratio}: "
               + ("compile applies the tuned schedules" if c["apply"] else
-                 "compile keeps the default schedules (the tuned build was slower)"))
+                 f"compile keeps the default schedules (the tuned build is not surely "
+                 f"{d.get('margin', 0):.0%} faster)"))
     if res["status"] in ("done", "budget reached"):
         flag = " --fp32" if res["precision"] == "fp32" else ""
         print(f"apply it: shield compile --target {res['target']}{flag} --db {res['database']} -o DIR")

@@ -183,7 +183,10 @@ def compile_with_plan(args: CompileArgs, database_dir=_RESOLVE, prep: Prepared |
     tuning = {"database": str(database_dir)} if database_dir else None
     if resolve and database_dir:
         database_dir, tuning = _apply_check(database_dir, prep)
-    ex = build(prep.mod, board.tvm_target(), database_dir)
+    tuned: list[str] = []
+    ex = build(prep.mod, board.tvm_target(), database_dir, tuned)
+    if tuning is not None:
+        tuning = tuning | {"applied": database_dir is not None, "tuned_kernels": tuned}
     meta, shape = prep.meta, prep.input_shape
     out = Path(args.out)
     with atomic_dir(out) as tmp:

@@ -66,25 +66,28 @@ def lower(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
             cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target))(mod)
 
 
-def build(mod: tvm.IRModule, target: tvm.target.Target, database_dir=None):
+def build(mod: tvm.IRModule, target: tvm.target.Target, database_dir=None, tuned: list | None = None):
     """Lower, apply tuned schedules from DATABASE_DIR if given, and code-generate MOD for TARGET.
 
     Kernels without a tuned schedule get their default one (kernels/schedule.py); tuned kernels too
-    small to split over cores lose their parallel loops (kernels/tuned.py).
+    small to split over cores lose their parallel loops (kernels/tuned.py). TUNED, if given, receives
+    the names of the kernels the database scheduled.
     """
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
-    mod = scheduled(mod, target, database_dir)
+    mod = scheduled(mod, target, database_dir, tuned)
     with target, tvm.transform.PassContext(opt_level=3):
         mod = tvm.transform.Sequential(cpu_generic.dataflow_lower_passes(target)
                                        + cpu_generic.finalize_passes(target))(mod)
         return tvm.compile(mod, target=target, relax_pipeline=None)
 
 
-def scheduled(mod: tvm.IRModule, target: tvm.target.Target, database_dir=None) -> tvm.IRModule:
+def scheduled(mod: tvm.IRModule, target: tvm.target.Target, database_dir=None,
+              tuned: list | None = None) -> tvm.IRModule:
     """MOD lowered, every kernel scheduled (tuned from DATABASE_DIR, else its default): what build compiles.
 
     Its Relax functions still call the kernels with call_tir (benchmarks/kernels.py times them one by one).
+    TUNED, if given, receives the names of the kernels the database scheduled (sorted).
     """
     import contextlib
 
@@ -103,4 +106,21 @@ def scheduled(mod: tvm.IRModule, target: tvm.target.Target, database_dir=None) -
             # opened here, not by the pass from a path: the pass's own opening prints a C++ warning
             stack.enter_context(ms.database.JSONDatabase(work_dir=str(database_dir)))
             passes += [ApplyTunedSerial(flops), relax.transform.MetaScheduleApplyDatabase()]
+            if tuned is not None:
+                passes.append(_NoteScheduled(tuned))
         return tvm.transform.Sequential(passes + [DefaultSchedules()])(mod)
+
+
+@tvm.transform.module_pass(opt_level=0, name="NoteScheduled")
+class _NoteScheduled:
+    """Append to NAMES the kernels already scheduled (by the database passes before it); MOD unchanged."""
+
+    def __init__(self, names: list):
+        self.names = names
+
+    def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
+        from tvm import tirx
+
+        self.names += sorted(gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)
+                             and f.attrs is not None and "tirx.is_scheduled" in f.attrs)
+        return mod

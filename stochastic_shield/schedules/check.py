@@ -6,13 +6,20 @@ from them can still run slower than with the default schedules (seen at batch 1:
 tuned, 0.0154 ms default). So at the end of a run ``shield tune`` builds the model both ways,
 times the two on the board in alternating rounds, and writes the verdict into the database's
 ``checks.json``, one entry per configuration (board, precision, batch, shield). ``shield compile``
-applies the database only when the verdict for its configuration says the tuned build was not
-slower; a database that gained records after its check counts as unchecked (applied, and the
-manifest says so) until the next ``shield tune`` checks it again.
+applies the database only when the verdict for its configuration says so; a database that gained
+records after its check counts as unchecked (applied, and the manifest says so) until the next
+``shield tune`` checks it again.
+
+The decision (:func:`decide`) is made so that noise cannot flip it: each round times both builds back
+to back (in alternating order), giving one tuned/default ratio per round; the tuned build is applied
+only when the one-sided upper confidence bound of the median ratio (a distribution-free bound from the
+sign test's order statistics) is below 1 - MARGIN. Two builds of equal speed pass with probability
+below 1 - CONFIDENCE however noisy the board, and a tuned build must be faster by MARGIN to be used.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import statistics
 import tempfile
 from dataclasses import replace
@@ -20,7 +27,30 @@ from pathlib import Path
 
 from .verdicts import config_key, record, valid_records
 
-ROUNDS = 6  # alternating tuned/default rounds, each a full time-evaluator run (medians of medians)
+ROUNDS = 20         # alternating tuned/default rounds, each a full time-evaluator run per build
+MARGIN = 0.03       # the tuned build must be at least 3% faster ...
+CONFIDENCE = 0.99   # ... at this one-sided confidence (sign test on the per-round ratios)
+
+
+def decide(times: dict[str, list[float]], margin: float = MARGIN, confidence: float = CONFIDENCE) -> dict:
+    """Apply the tuned build only if its per-round time ratio to the default is surely below 1 - MARGIN.
+
+    TIMES: {"tuned": [ms per round], "default": [...]}, round i of each timed back to back. The bound is the
+    k-th smallest ratio, k the least with P(Binomial(n, 1/2) < k) >= CONFIDENCE: the median ratio is below
+    it with at least that confidence, whatever the noise's distribution (rounds independent).
+    """
+    ratios = [t / d for t, d in zip(times["tuned"], times["default"])]
+    n = len(ratios)
+    cdf, k = 0.0, 0
+    while k < n and cdf < confidence:
+        cdf += math.comb(n, k) / 2 ** n
+        k += 1
+    bound = sorted(ratios)[k - 1] if cdf >= confidence else None  # too few rounds for a bound: never apply
+    return {"apply": bound is not None and bound < 1 - margin, "ratio_median": statistics.median(ratios), "ratio_upper_bound": bound,
+            "confidence": confidence, "margin": margin, "rounds": n,
+            "faster_rounds": sum(r < 1 - margin for r in ratios),
+            "rule": f"apply when the {confidence:.0%} upper bound of the median tuned/default ratio over {n} "
+                    f"paired rounds is below {1 - margin:g}"}
 
 
 def check_tuned(prep, compile_args, db_dir: Path, endpoint, timing, say=None) -> dict:
@@ -44,13 +74,16 @@ def check_tuned(prep, compile_args, db_dir: Path, endpoint, timing, say=None) ->
         else:
             times = time_rounds(Path(tmp), T, timing, endpoint)
     tuned_ms, default_ms = statistics.median(times["tuned"]), statistics.median(times["default"])
-    verdict = {"apply": tuned_ms <= default_ms, "tuned_ms": tuned_ms, "default_ms": default_ms, "T": T,
-               "rounds_ms": times, "where": endpoint.describe(), "records": valid_records(db_dir),
+    decision = decide(times)
+    verdict = {"apply": decision["apply"], "tuned_ms": tuned_ms, "default_ms": default_ms, "T": T,
+               "decision": decision, "rounds_ms": times, "where": endpoint.describe(), "records": valid_records(db_dir),
                "checked": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     record(db_dir, key, verdict)
     if say is not None:
-        say(f"check: tuned {tuned_ms:.4g} ms, default {default_ms:.4g} ms -> compile applies "
-            + ("the tuned schedules" if verdict["apply"] else "the defaults (the tuned build was slower)"))
+        say(f"check: tuned {tuned_ms:.4g} ms, default {default_ms:.4g} ms, tuned/default {decision['ratio_median']:.3f} "
+            f"(<= {decision['ratio_upper_bound'] or float('inf'):.3f} at {decision['confidence']:.0%}) -> compile applies "
+            + ("the tuned schedules" if decision["apply"] else
+               f"the defaults (the tuned build is not surely {decision['margin']:.0%} faster)"))
     return verdict | {"key": key}
 
 
