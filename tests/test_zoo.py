@@ -21,8 +21,11 @@ from examples.zoo import ZOO  # noqa: E402
 from stochastic_shield.data import load_fashion_mnist  # noqa: E402
 
 SEED = 13
-# the lowest SQNR (dB) of int8 logits against fp32 we accept for random-weight models (measured: 45-62 dB)
-MIN_SQNR = 30.0
+# The lowest SQNR (dB) of int8 logits against fp32 we accept per model: 2 dB under what this test measured
+# on 2026-12-02 (resnet8 47.9, ds_cnn 58.1, mobilenet_v1_025 44.2, mobilenet_v2_035 49.7, mobilenet_v3_small 62.2;
+# deterministic: seeded weights, fixed images), so that a quantization change that costs precision fails here.
+MIN_SQNR = {"resnet8": 45.9, "ds_cnn": 56.1, "mobilenet_v1_025": 42.2, "mobilenet_v2_035": 47.7,
+            "mobilenet_v3_small": 60.2}
 SITES = {"resnet8": "pool", "ds_cnn": "pool", "mobilenet_v1_025": "pool", "mobilenet_v2_035": "pool",
          "mobilenet_v3_small": "pool"}
 
@@ -75,7 +78,7 @@ def test_int8_sqnr_against_fp32(zoo_model):
     q = run_reference(plan, test[:2])
     fp = model(torch.from_numpy(test[:2])).detach().numpy()
     sqnr = 10 * np.log10((fp ** 2).sum() / ((fp - q) ** 2).sum())
-    assert sqnr >= MIN_SQNR, (name, sqnr)
+    assert sqnr >= MIN_SQNR[name], (name, sqnr)
     assert plan.fp32_layers == []
 
 
