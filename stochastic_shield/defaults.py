@@ -57,6 +57,9 @@ SESSION_TIMEOUT = 120.0      # seconds a board keeps one session
 # false-reject rates it stores, and T. 'shield run' rejects at REJECT_AT when the artifact has a detector
 # (see runtime_py/detector.py for why mutual information).
 DETECTOR_IMAGES = 5000
+# 'shield compile --shield': clean images it calibrates the detector on, int8 calibration did not use (the
+# first of a built-in data set's test split, or the user's images the calibration draw left out).
+COMPILE_DETECTOR_IMAGES = 1000
 DETECTOR_RATES = (0.01, 0.05)
 DETECTOR_T = (RUN_T,)
 REJECT_AT = "mi:0.05"

@@ -162,6 +162,11 @@ def write_image_folder(split: Split, root: str | os.PathLike, limit: int | None 
     return root
 
 
+def calibration_indices(n: int, count: int, seed: int = 0) -> np.ndarray:
+    """The sorted indices of the COUNT images (of N) that int8 calibration draws, without replacement, seeded."""
+    return np.sort(np.random.default_rng(seed).choice(n, min(count, n), replace=False))
+
+
 def load_data(source, split: str = "test", root: str | os.PathLike | None = None) -> Split:
     """A built-in data set by name (its SPLIT), or the user's image folder or .npz (the same for every split)."""
     if is_user_data(source):

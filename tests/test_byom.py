@@ -98,6 +98,9 @@ def test_each_form_compiles_to_int8_with_the_shield_and_evaluates_on_the_users_f
     art, m = artifacts[form]
     assert m["precision"] == "int8" and m["shield"]["stochastic"] and sorted(m["functions"]) == ["mc_T1", "mc_T4"]
     assert m["input"]["shape"] == [4, 1, 28, 28] and len(m["classes"]) == 10
+    # compile calibrated reject thresholds on the user's --data images (int8 calibration used --calib-data)
+    (T, det), = m["detector"]["by_T"].items()
+    assert T == "4" and det["data"] == f"{user['folder']} [0:{len(user['test'])}] (int8 calibration used {user['calib']})"
     assert m["classes"][0] == "0-T-shirt-top"  # named by the user's folders
     assert m["model"]["source"]["form"] == form and m["model"]["weights_sha256"]
     kinds = {lay["kind"] for lay in m["quantization"]["layers"]}

@@ -211,3 +211,33 @@ def test_cli_defaults_are_those_of_calibrate_detector():
     parsed = build_parser().parse_args(["detector", "calibrate", "art"])
     assert calibrate_args(parsed) == CalibrateArgs(Path("art"))
     assert CalibrateArgs(Path("art")).seed is None  # calibrates with fresh seeds, as the deployment runs
+
+
+def test_compile_calibrates_on_images_int8_calibration_did_not_use(art, fashion_root, tmp_path):
+    """'shield compile --shield' runs calibrate_at_compile: T=16 of the artifact's T, the default rates, the first
+    images of the test split (the fixture has 256); a library for another machine, or a user's .npz, too."""
+    from stochastic_shield.runtime_py.calibrate import calibrate_at_compile, held_out_images
+    from stochastic_shield.user_data import calibration_indices
+
+    res = calibrate_at_compile(art, data_root=str(fashion_root))
+    assert res["data"] == "fashion-mnist test [0:256]" and res["images"] == 256 and set(res["T"]) == {16}
+    stored = load_artifact(art).manifest["detector"]["by_T"]["16"]
+    assert stored["rates"] == list(RATES) and stored["images"] == 256
+    # 'shield run' then rejects by default, with the threshold calibrate_at_compile computed
+    out = classify(RunArgs(art, data_root=str(fashion_root), index=0, count=4, T=16, seed=3))
+    assert out.rule is not None and out.rule.threshold == stored["thresholds"]["mutual_info"]["0.05"]
+
+    # a model whose data is the user's .npz, used for int8 calibration too: the images its draw of 64 left out
+    x = (np.random.default_rng(0).random((300, 1, 28, 28)) * 255).astype(np.uint8)
+    np.savez(tmp_path / "mine.npz", x=x, y=np.arange(300) % 10)
+    m = json.loads((art / "manifest.json").read_text())
+    (art / "manifest.json").write_text(json.dumps(m | {"model": m["model"] | {"dataset": str(tmp_path / "mine.npz")}}))
+    imgs, what = held_out_images(load_artifact(art), None, calib_count=64, count=1000)
+    left = np.setdiff1d(np.arange(300), calibration_indices(300, 64))
+    assert len(imgs) == 236 and "236 images int8 calibration did not draw (of 300)" in what
+    np.testing.assert_array_equal(imgs, x[left].astype(np.float32) / 255)
+
+    m = json.loads((art / "manifest.json").read_text())
+    m["target"]["tvm"]["mtriple"] = "aarch64-linux-gnu" if os.uname().machine != "aarch64" else "x86_64-linux-gnu"
+    (art / "manifest.json").write_text(json.dumps(m))
+    assert "not this machine" in calibrate_at_compile(art, data_root=str(fashion_root))["skipped"]

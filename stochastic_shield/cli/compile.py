@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..defaults import DEFAULT_SHIELD, TARGET
+from ..defaults import COMPILE_DETECTOR_IMAGES, DEFAULT_SHIELD, TARGET
 from .common import add_json, add_model, add_precision, add_quantization, model_source, print_json, to_json
 
 
@@ -26,6 +26,9 @@ def register(sub) -> None:
     g.add_argument("--db", type=Path, metavar="DIR", help="apply tuned schedules from this database "
                                                          "(default: the model's own database, if tuned)")
     g.add_argument("--no-db", action="store_true", help="ignore the model's default tuning database")
+    p.add_argument("--detector-images", type=int, default=COMPILE_DETECTOR_IMAGES, metavar="N",
+                   help="a stochastic shield: calibrate reject thresholds on N clean images int8 calibration did "
+                        f"not use (default {COMPILE_DETECTOR_IMAGES}; 0: none, 'shield detector calibrate' later)")
     add_json(p, "print the manifest as JSON")
     p.set_defaults(func=cmd_compile)
 
@@ -49,6 +52,14 @@ def cmd_compile(args) -> None:
     from ..compile.build import compile_artifact
 
     manifest = compile_artifact(compile_args(args))
+    detector = None
+    if manifest.get("shield") and manifest["shield"].get("stochastic") and args.detector_images > 0:
+        from ..runtime_py.artifact import load_artifact
+        from ..runtime_py.calibrate import calibrate_at_compile
+
+        detector = calibrate_at_compile(args.out, args.calib_data, args.data_root, args.calib, args.detector_images,
+                                        progress=not args.json)
+        manifest = load_artifact(args.out).manifest
     if args.json:
         print_json(manifest)
     else:
@@ -60,6 +71,20 @@ def cmd_compile(args) -> None:
         elif tuning:
             checked = "" if tuning["check"] else " (not checked against the defaults since its last records: run 'shield tune' again)"
             print(f"tuned schedules from {tuning['database']}{checked}")
+        if detector is not None:
+            print(_detector_line(detector))
+
+
+def _detector_line(res: dict) -> str:
+    """One line on compile's detector calibration: what it saw and the false-reject rates it set, or why none."""
+    if "skipped" in res:
+        return f"no reject thresholds: {res['skipped']}"
+    (T, entry), = res["T"].items()
+    rates = ", ".join(f"{r:.0%}" for r in entry["rates"])
+    seen = ", ".join(f"{v:.1%}" for v in entry["calibration_false_reject"]["mutual_info"].values())
+    return (f"reject thresholds at T={T} for false-reject rates {rates} on {res['data']} ({res['images']} images; "
+            f"rejected there by mutual information: {seen}); 'shield run' rejects at the default "
+            f"(recalibrate: 'shield detector calibrate')")
 
 
 def cmd_targets(args) -> None:

@@ -41,7 +41,7 @@ def calibration_images(dataset: str, count: int, data_root=None, seed: int = 0, 
     replacement with a fixed seed, as float32 in [0, 1]; checked against the model's INPUT_SHAPE if given."""
     import numpy as np
 
-    from ..user_data import check_for_model, load_data
+    from ..user_data import calibration_indices, check_for_model, load_data
 
     if dataset is None:
         raise ShieldError("int8 calibration needs images and the model names no data set",
@@ -49,8 +49,7 @@ def calibration_images(dataset: str, count: int, data_root=None, seed: int = 0, 
     train = load_data(dataset, "train", data_root)
     if input_shape is not None:
         check_for_model(train, input_shape)
-    idx = np.sort(np.random.default_rng(seed).choice(len(train), min(count, len(train)), replace=False))
-    return train.images[idx].astype(np.float32) / 255.0
+    return train.images[calibration_indices(len(train), count, seed)].astype(np.float32) / 255.0
 
 
 @dataclass

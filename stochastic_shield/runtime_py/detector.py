@@ -99,6 +99,11 @@ def rate_key(rate: float) -> str:
     return f"{rate:g}"
 
 
+def enough_images(n: int, rate: float) -> bool:
+    """True when N calibration images can give a conformal threshold for RATE (n >= 1/RATE - 1)."""
+    return math.ceil((n + 1) * (1.0 - check_rate(rate)) - 1e-9) <= n
+
+
 def conformal_threshold(scores: np.ndarray, rate: float) -> float:
     """The ceil((n+1)(1-RATE))-th smallest of SCORES: rejecting above it falsely rejects at most RATE of new
     clean images in expectation (split conformal). Needs n >= 1/RATE - 1 images."""
@@ -106,7 +111,7 @@ def conformal_threshold(scores: np.ndarray, rate: float) -> float:
     n = len(scores)
     rate = check_rate(rate)
     k = math.ceil((n + 1) * (1.0 - rate) - 1e-9)  # guard against (n+1)(1-rate) landing a hair above an integer
-    if k > n:
+    if not enough_images(n, rate):
         need = math.ceil(1.0 / rate - 1.0 - 1e-9)
         raise ShieldError(f"{n} calibration images are too few for a false-reject rate of {rate:g} "
                           f"(at least {need} needed)", "calibrate on more images or ask for a larger rate")
