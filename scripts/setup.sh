@@ -7,6 +7,7 @@ PY=${PYTHON:-python3}
 
 APT_PACKAGES=(
   dataset-fashion-mnist     # the embedded default data set (idx files in /usr/share/datasets)
+  fonts-dejavu-core         # glyphs-ood, the out-of-distribution set rendered from fonts (glyphs.py)
   g++-aarch64-linux-gnu     # cross compiler for rasp4b64 / aarch64 boards
   g++-arm-linux-gnueabihf   # cross compiler for rasp3b (32-bit armv7)
   qemu-user-static          # runs the emulated aarch64 board

@@ -168,9 +168,16 @@ def calibration_indices(n: int, count: int, seed: int = 0) -> np.ndarray:
 
 
 def load_data(source, split: str = "test", root: str | os.PathLike | None = None) -> Split:
-    """A built-in data set by name (its SPLIT), or the user's image folder or .npz (the same for every split)."""
+    """A built-in data set by name (its SPLIT), or the user's image folder or .npz (the same for every split);
+    'fashion-mnist-c/<corruption>/<1-5>' and 'glyphs-ood' are test sets made here (corruptions.py, glyphs.py)."""
     if is_user_data(source):
         return load_user_data(source)
+    from . import corruptions, glyphs
+
+    if corruptions.is_corrupted_name(source):
+        return corruptions.load_corrupted(str(source), root)
+    if source == glyphs.NAME:
+        return glyphs.load_glyphs()
     if source is not None and ("/" in str(source) or str(source).endswith(".npz")):
         raise ShieldError(f"data {source} not found", "give an image folder, an .npz file or a data set name")
     return load_dataset(str(source), split, root)

@@ -92,7 +92,7 @@ def test_the_cycle_check_finds_a_cycle(tmp_path):
 # The package's layers, as ARCHITECTURE.md draws them: what each part of the package may import besides the
 # base (top-level modules that import no part above them). A part is a subpackage or a top-level module.
 BASE = {"__init__", "errors", "defaults", "paths", "rng", "_atomic", "data", "user_data", "models", "checkpoint",
-        "train", "targets", "tuning_files"}
+        "train", "targets", "tuning_files", "corruptions", "glyphs"}
 MAY_IMPORT = {
     "compile": set(),
     "runtime_py": set(),

@@ -74,8 +74,8 @@ def add_robustness(bench) -> argparse.ArgumentParser:
                     "model and detection with a reject option, and write JSON, PNG plots and a Markdown report to "
                     "-o DIR. Finished cells are kept; --resume skips them.")
     add_model(p, data=False)
-    p.add_argument("--dataset", help="the images to attack: an image folder, an .npz, fashion-mnist or cifar10 "
-                                     "(default: the model's)")
+    p.add_argument("--dataset", help="the images to attack: an image folder, an .npz, fashion-mnist, cifar10 "
+                                     "or fashion-mnist-c/<corruption>/<1-5> (default: the model's)")
     p.add_argument("--data-root", help="folder of the data set (test images and int8 calibration)")
     p.add_argument("--limit", type=int, default=d.limit, help=f"the first N test images (default {d.limit})")
     p.add_argument("--attacks", type=comma_list, default=DEFAULT_ATTACKS, metavar="LIST",

@@ -19,7 +19,7 @@ def register(sub) -> None:
         p = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
         p.add_argument("artifact", type=Path, help="artifact folder written by 'shield compile'")
         p.add_argument("--dataset", help="an image folder (one subfolder per class), an .npz (x, y), fashion-mnist or "
-                                         "cifar10 (default: the model's)")
+                                         "cifar10, fashion-mnist-c/<corruption>/<1-5>, glyphs-ood (default: the model's)")
         p.add_argument("--data-root", help="folder of the data set")
         if name == "run":
             p.add_argument("--images", nargs="+", type=Path, help="image files to classify (instead of the test set)")
