@@ -26,6 +26,9 @@ SEED = 13
 # deterministic: seeded weights, fixed images), so that a quantization change that costs precision fails here.
 MIN_SQNR = {"resnet8": 45.9, "ds_cnn": 56.1, "mobilenet_v1_025": 42.2, "mobilenet_v2_035": 47.7,
             "mobilenet_v3_small": 60.2}
+# Layer kinds a zoo model may still run on a generic (unpacked) kernel: an empty set means every conv and dense
+# layer of every zoo model must be a packed int8 kernel on the host.
+MAY_BE_GENERIC = {"depthwise"}
 SITES = {"resnet8": "pool", "ds_cnn": "pool", "mobilenet_v1_025": "pool", "mobilenet_v2_035": "pool",
          "mobilenet_v3_small": "pool"}
 
@@ -92,14 +95,54 @@ def _check_against_reference(dep, plan, test, seed):
     return got
 
 
-def test_shielded_int8_on_the_host_equals_the_reference_and_the_replica(zoo_model, tmp_path):
+@pytest.fixture(scope="module")
+def host_build(zoo_model, tmp_path_factory):
+    """(artifact folder, manifest, Prepared) of the shielded int8 model compiled for the host, once per model."""
     from stochastic_shield.compile.build import compile_with_plan
+
+    out = tmp_path_factory.mktemp(zoo_model[0]) / "host"
+    manifest, prep = compile_with_plan(_args(zoo_model, "host", out))
+    return out, manifest, prep
+
+
+def _layer_kind(lay) -> str:
+    if lay.kind == "dense":
+        return "dense"
+    if lay.groups == 1:
+        return "conv"
+    return "depthwise" if lay.w.shape[1] == 1 and lay.groups == lay.w.shape[0] else "grouped"
+
+
+def test_every_conv_and_dense_layer_runs_a_packed_kernel(zoo_model, host_build):
+    from stochastic_shield.compile.kernels import select_isa
+    from stochastic_shield.targets import get_board
+
+    if select_isa(get_board("host").tvm_target())[0] is None:
+        pytest.skip("the host target has no packed int8 kernels")
+    _, manifest, prep = host_build
+    kernels = manifest["kernels"]
+    generic = [g for g in kernels["generic"] if g["kind"] not in MAY_BE_GENERIC]
+    assert not generic, f"{zoo_model[0]}: layers on generic kernels: {generic}"
+    # the plan's layers, counted by kind, are all accounted for (an emitter change the report misses fails here)
+    expected: dict = {}
+    for lay in prep.plan.layers:
+        if lay.kind in ("conv2d", "dense"):
+            expected[_layer_kind(lay)] = expected.get(_layer_kind(lay), 0) + 1
+    for kind, count in expected.items():
+        found = kernels["packed"].get(kind, 0)
+        if kind in MAY_BE_GENERIC:
+            found += sum(g["kind"] == kind for g in kernels["generic"])
+        assert found == count, (zoo_model[0], kind, found, count, kernels)
+
+
+def test_shielded_int8_on_the_host_equals_the_reference_and_the_replica(zoo_model, host_build):
     from stochastic_shield.replica import Replica
     from stochastic_shield.runtime_py.runner import Deployment
 
     *_, test, _ = zoo_model
-    plan = compile_with_plan(_args(zoo_model, "host", tmp_path / "host"))[1].plan
-    with Deployment(tmp_path / "host") as dep:
+    art, _, prep = host_build
+    plan = prep.plan
+    with Deployment(art) as dep:
         board = _check_against_reference(dep, plan, test, SEED)
     rep = Replica(plan)
     rep.seed = SEED

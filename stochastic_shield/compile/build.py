@@ -64,6 +64,7 @@ class Prepared:
     shield: dict | None = None
     plan: object = None    # the QuantPlan (int8), for the numpy reference and the PyTorch replica
     config: object = None  # the ShieldConfig, if any
+    kernels: dict | None = None  # int8: which conv / dense layers run packed kernels (manifest "kernels")
 
 
 def prepare_module(args: CompileArgs) -> Prepared:
@@ -94,7 +95,7 @@ def prepare_module(args: CompileArgs) -> Prepared:
         shield = dict(config.describe(), sites=sites, stochastic=bool(sites) or any(f.random for f in config.filters))
         mod = InsertInputFilter(config.filters)(mod)
     mod = optimize(mod)
-    quantization = plan = None
+    quantization = plan = kernels = None
     if args.int8:
         spec = QuantSpec(observer=args.observer, calib_images=args.calib, allow_fp32=args.allow_fp32)
         if not spec.allow_fp32 and program is not None:  # name the PyTorch layer (ONNX: the planner's error)
@@ -105,8 +106,25 @@ def prepare_module(args: CompileArgs) -> Prepared:
         quantization = dict(spec.describe(), **plan.describe())
         if config is not None:
             mod = expand_monte_carlo(mod, config.T)
-        mod = pack_int8(mod, board.tvm_target())  # dot-product kernels where the board has them
-    return Prepared(mod, board, meta, shape, quantization, shield, plan, config)
+        report: dict = {}
+        mod = pack_int8(mod, board.tvm_target(), report)  # dot-product kernels where the board has them
+        kernels = kernel_summary(report)
+    return Prepared(mod, board, meta, shape, quantization, shield, plan, config, kernels)
+
+
+def kernel_summary(report: dict) -> dict:
+    """The manifest's ``kernels``: the ISA, packed layers by kind, and each layer left to a generic kernel.
+
+    Every entry function holds the same layers (the T passes copy main's): the first one is summarised.
+    """
+    functions = report["functions"]
+    layers = functions[min(functions)] if functions else []
+    packed: dict = {}
+    for lay in layers:
+        if lay["packed"]:
+            packed[lay["kind"]] = packed.get(lay["kind"], 0) + 1
+    return {"isa": report["isa"], "why": report["reason"], "packed": packed,
+            "generic": [{k: lay[k] for k in ("layer", "kind", "shape")} for lay in layers if not lay["packed"]]}
 
 
 def _functions(prep: Prepared) -> dict:
@@ -214,6 +232,7 @@ def compile_with_plan(args: CompileArgs, database_dir=_RESOLVE, prep: Prepared |
             "shield": prep.shield,
             "functions": _functions(prep),
             "tuning": tuning,
+            "kernels": prep.kernels,
             "tvm_version": tvm.__version__,
             "built_on": platform.node(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

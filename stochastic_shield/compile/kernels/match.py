@@ -180,6 +180,43 @@ def _dense(call, var, chain: _Chain) -> Anchor | None:
     return Anchor("dense", call.args[0], w, ep, out, None, {var} | seen)
 
 
+def layer_kind(call) -> str | None:
+    """"conv", "depthwise", "grouped" or "dense" for an int8 conv2d / matmul with an int32 accumulator, else None."""
+    op = getattr(call.op, "name", "") if isinstance(call, relax.Call) else ""
+    if op not in ("relax.nn.conv2d", "relax.matmul") or str(call.attrs.out_dtype) != "int32":
+        return None
+    if getattr(call.args[0].ty, "dtype", None) != "int8":
+        return None
+    if op == "relax.matmul":
+        return "dense"
+    groups = int(call.attrs.groups)
+    if groups == 1:
+        return "conv"
+    w_shape = [int(d) for d in call.args[1].ty.shape]
+    return "depthwise" if w_shape[1] == 1 and groups == w_shape[0] else "grouped"
+
+
+def _describe(call, kind: str) -> str:
+    """E.g. "depthwise 3x3/2 96ch 56x56": what the layer is, for a message naming it."""
+    x = [int(d) for d in call.args[0].ty.shape]
+    w = [int(d) for d in call.args[1].ty.shape]
+    if kind == "dense":
+        return f"dense {w[0]}->{w[1]}"
+    stride = int(call.attrs.strides[0])
+    return f"{kind} {w[2]}x{w[3]}/{stride} {x[1]}->{w[0]}ch {x[2]}x{x[3]}"
+
+
+def layer_sites(func: relax.Function) -> list[tuple[relax.Var, str, str]]:
+    """(var, kind, description) of every int8 conv2d / matmul of FUNC, in order: what PackInt8 should pack."""
+    out = []
+    for blk in func.body.blocks:
+        for b in blk.bindings:
+            kind = layer_kind(b.value)
+            if kind is not None:
+                out.append((b.var, kind, _describe(b.value, kind)))
+    return out
+
+
 def find_anchors(func: relax.Function) -> dict:
     """{var of the chain's last binding: Anchor} for every packable chain of FUNC (dataflow bindings)."""
     bindings = [b for blk in func.body.blocks for b in blk.bindings]

@@ -28,7 +28,7 @@ from . import dense as densek
 from . import layout
 from .epilogue import BLOCK, blocks, compensated_bias, requant_arrays
 from .isa import Isa, select_isa
-from .match import Anchor, find_anchors, uses
+from .match import Anchor, find_anchors, layer_sites, uses
 
 KERNEL_ATTR = "shield.packed_kernel"  # "conv" | "dense": which default schedule (schedule.py) applies
 ISA_ATTR = "shield.packed_isa"
@@ -263,14 +263,30 @@ def _rewritable(func) -> bool:
             and all(isinstance(blk, relax.DataflowBlock) for blk in func.body.blocks))
 
 
+def _layers(func, isa) -> list[dict]:
+    """One entry per int8 conv2d / matmul of FUNC: its name, kind, shape and whether a packed kernel replaces it."""
+    anchors = find_anchors(func) if isa is not None else {}
+    replaced = set().union(*(a.replaced for a in anchors.values())) if anchors else set()
+    return [{"layer": var.name, "kind": kind, "shape": desc, "packed": var in replaced}
+            for var, kind, desc in layer_sites(func)]
+
+
 @tvm.transform.module_pass(opt_level=0, name="PackInt8")
 class PackInt8:
-    """Rewrite int8 conv2d / dense chains into packed dot-product kernels for TARGET (a no-op elsewhere)."""
+    """Rewrite int8 conv2d / dense chains into packed dot-product kernels for TARGET (a no-op elsewhere).
+
+    After a run, ``report`` says per Relax function which int8 conv2d / matmul layers were packed
+    and which stay generic (``{"isa", "reason", "functions": {name: [{"layer", "kind", "shape", "packed"}]}}``).
+    """
 
     def __init__(self, target):
         self.isa, self.reason = select_isa(target)
+        self.report: dict = {}
 
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
+        self.report = {"isa": self.isa.name if self.isa else None, "reason": self.reason,
+                       "functions": {gv.name_hint: _layers(f, self.isa) for gv, f in mod.functions.items()
+                                     if isinstance(f, relax.Function) and _rewritable(f)}}
         if self.isa is None:
             return mod
         todo = {gv: f for gv, f in mod.functions.items() if _rewritable(f) and find_anchors(f)}

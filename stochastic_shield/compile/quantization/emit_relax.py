@@ -107,12 +107,15 @@ class RelaxEmitter(LayerVisitor):
         if any(lay.padding):  # pad with the zero point: the padded value is real 0, as in fp32
             x = self.bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right],
                                              pad_value=float(lay.x.zero_point)))
+        # named after the layer, so that PackInt8's report names a layer it leaves generic
         acc = self.bb.emit(relax.op.nn.conv2d(x, _c(lay.w, "int8"), strides=lay.strides, padding=0,
-                                              dilation=lay.dilation, groups=lay.groups, out_dtype="int32"))
+                                              dilation=lay.dilation, groups=lay.groups, out_dtype="int32"),
+                           name_hint=lay.out.name)
         self._finish_anchor(lay, acc, 4)
 
     def visit_dense(self, lay):
-        acc = self.bb.emit(relax.op.matmul(self.i8[lay.inputs[0]], _c(lay.w, "int8"), out_dtype="int32"))
+        acc = self.bb.emit(relax.op.matmul(self.i8[lay.inputs[0]], _c(lay.w, "int8"), out_dtype="int32"),
+                           name_hint=lay.out.name)
         self._finish_anchor(lay, acc, 2)
 
     def visit_maxpool(self, lay):
