@@ -87,3 +87,20 @@ def test_folders_named_like_the_models_classes_are_matched_by_name(tmp_path):
     assert list(split.labels) == [0, 0, 1]
     assert list(align_classes(split, ["dog", "cat"]).labels) == [1, 1, 0]
     assert align_classes(split, ["cat", "dog"]) is split
+
+
+def test_the_model_sets_the_class_count_and_the_data_only_has_to_fit_inside(test_split, tmp_path):
+    """Issue 18: a calibration set whose labels cover 8 of 10 classes is no error when the user named no classes."""
+    from stochastic_shield.compile.sources import LoadedModel, ModelSource, with_classes
+
+    keep = test_split.labels < 8
+    np.savez(tmp_path / "d.npz", x=test_split.images[keep], y=test_split.labels[keep])
+    src = ModelSource(tmp_path / "m.onnx", input_shape=(1, 28, 28), data=str(tmp_path / "d.npz"))
+    meta = {"classes": list(load_user_data(tmp_path / "d.npz").info.classes)}
+    assert len(meta["classes"]) == 8
+    assert with_classes(LoadedModel(src, dict(meta)), 10).meta["classes"] == [str(i) for i in range(10)]
+    with pytest.raises(ShieldError, match="has 8 classes, the model only 6 outputs"):
+        with_classes(LoadedModel(src, dict(meta)), 6)
+    named = ModelSource(tmp_path / "m.onnx", input_shape=(1, 28, 28), classes=tuple("abcdefgh"))
+    with pytest.raises(ShieldError, match="10 outputs but 8 classes were given"):
+        with_classes(LoadedModel(named, {"classes": list("abcdefgh")}), 10)

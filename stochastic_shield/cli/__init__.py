@@ -7,8 +7,10 @@ schedules), demo. What they share (where to run, JSON output) is in ``common``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
+from pathlib import Path
 
 from ..errors import ShieldError
 from . import bench, boards, compile, demo, detect, run, search, train, tune
@@ -49,7 +51,11 @@ def _quiet_library_warnings() -> None:
 
 
 def main(argv=None) -> int:
-    """Run `shield ARGV...`; returns the exit code (2 on a ShieldError, 130 on Ctrl-C)."""
+    """Run `shield ARGV...`; returns the exit code (2 on a ShieldError, 3 on a failure of ours, 130 on Ctrl-C).
+
+    Past argument parsing nothing prints a Python trace: a failure is one line naming the layer and the way out
+    (the trace with SHIELD_TRACEBACK=1).
+    """
     _quiet_library_warnings()
     args = build_parser().parse_args(argv)
     try:
@@ -60,4 +66,28 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"shield {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - no trace reaches a user unless asked for
+        if os.environ.get("SHIELD_TRACEBACK") == "1":
+            raise
+        print(f"shield {args.command}: internal error: {describe_failure(e)} (a bug of ours, not your input: "
+              f"{WAY_OUT.get(args.command, '')}rerun with SHIELD_TRACEBACK=1 for the trace and report it)",
+              file=sys.stderr)
+        return 3
     return 0
+
+
+# What a user can try when a command fails inside the compiler or the runtime.
+WAY_OUT = {"compile": "try --allow-fp32 or --fp32 meanwhile; ", "tune": "try --allow-fp32 or --fp32 meanwhile; "}
+
+
+def describe_failure(e: BaseException) -> str:
+    """One line: the layer that failed (TVM, or the module of ours nearest the failure) and the error's last line."""
+    import traceback
+
+    ours = [f for f in traceback.extract_tb(e.__traceback__) if "stochastic_shield" in f.filename]
+    where = Path(ours[-1].filename).with_suffix("").parts if ours else ()
+    layer = ".".join(where[where.index("stochastic_shield") + 1:]) if "stochastic_shield" in where else "?"
+    tvm = type(e).__module__.startswith(("tvm", "tvm_ffi"))
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    text = lines[-1] if lines else ""
+    return f"{'TVM ' if tvm else ''}{type(e).__name__} in {layer}{': ' + text[:300] if text else ''}"

@@ -207,15 +207,20 @@ def _meta(source: ModelSource, arch: str, sha: str, dims) -> dict:
 
 
 def with_classes(loaded: LoadedModel, num_outputs: int) -> LoadedModel:
-    """Fill in class names '0'..'K-1' from the model's output width when nothing named them."""
-    if "classes" not in loaded.meta:
+    """The model's classes are its NUM_OUTPUTS outputs: names from --classes (one per output), else from the data
+    (its classes need only be among the outputs: the rest are named by their index), else '0'..'K-1'."""
+    classes = loaded.meta.get("classes")
+    if classes is None:
         loaded.meta["classes"] = [str(i) for i in range(num_outputs)]
-    elif len(loaded.meta["classes"]) != num_outputs:
-        raise ShieldError(f"the model has {num_outputs} outputs but {len(loaded.meta['classes'])} classes were given",
+    elif len(classes) != num_outputs and (loaded.source.classes is not None or loaded.form == "checkpoint"):
+        raise ShieldError(f"the model has {num_outputs} outputs but {len(classes)} classes were given",
                           "give one class name per output")
+    elif len(classes) > num_outputs:
+        raise ShieldError(f"data {loaded.source.data} has {len(classes)} classes, the model only {num_outputs} outputs",
+                          "give data whose labels index the model's outputs, 0-based")
+    elif len(classes) < num_outputs:  # the data's labels cover only the first classes
+        loaded.meta["classes"] = list(classes) + [str(i) for i in range(len(classes), num_outputs)]
     return loaded
-
-
 
 
 def model_meta(checkpoint=None) -> dict:

@@ -56,22 +56,20 @@ class RelaxEmitter(LayerVisitor):
         self.i8: dict = {}    # fp32 graph var -> emitted int8 expression
 
     def remap(self, e):
-        """E with the fp32 graph's vars replaced by their emitted fp32 values."""
-        if isinstance(e, relax.Var) and e in self.f32:
-            return self.f32[e]
+        """E with the fp32 graph's vars replaced by their emitted fp32 values, however deep (call arguments,
+        tuple fields, tuple items): a var left unreplaced is one no block of the new main defines."""
+        if isinstance(e, relax.Var):
+            return self.f32.get(e, e)
         if isinstance(e, relax.Tuple):
             return relax.Tuple([self.remap(f) for f in e.fields])
+        if isinstance(e, relax.TupleGetItem):
+            return relax.TupleGetItem(self.remap(e.tuple_value), e.index)
+        if isinstance(e, relax.Call):
+            return relax.Call(e.op, [self.remap(a) for a in e.args], e.attrs, e.ty_args)
         return e
 
     def visit_float(self, lay):
-        v = lay.binding.value
-        if isinstance(v, relax.Call):
-            v = relax.Call(v.op, [self.remap(a) for a in v.args], v.attrs, v.ty_args)
-        elif isinstance(v, relax.TupleGetItem):
-            v = relax.TupleGetItem(self.remap(v.tuple_value), v.index)
-        else:
-            v = self.remap(v)
-        self.f32[lay.out] = self.bb.emit(v, name_hint=lay.out.name)
+        self.f32[lay.out] = self.bb.emit(self.remap(lay.binding.value), name_hint=lay.out.name)
 
     def visit_filter(self, lay):
         if lay.spec.random:  # a marker until ExpandMonteCarlo draws the pass's numbers

@@ -16,7 +16,7 @@ from .calibrate import tensor_bindings
 from .fixed_point import QMAX, QMIN, choose_qparams, quantize_multiplier, quantize_weights_per_channel
 from .layers import (Add, Conv2d, Dense, Dequantize, Dropout, Filter, FloatOp, MaxPool, QParams, QuantPlan, Quantize,
                      Relu, Requantize, Reshape)
-from .plan_rules import RuleMixin, clip_bounds, _const, _ints, _is_const, _op_name
+from .plan_rules import RuleMixin, clip_bounds, vars_in, _const, _ints, _is_const, _op_name
 
 
 def filter_info(mod, call):
@@ -40,10 +40,8 @@ class _Planner(RuleMixin):
         self.bindings = list(self.func.body.blocks[0].bindings)
         self.users: dict = {}
         for b in self.bindings:
-            for a in getattr(b.value, "args", []):
-                for v in (a.fields if isinstance(a, relax.Tuple) else [a]):
-                    if isinstance(v, relax.Var):
-                        self.users.setdefault(v, []).append(b)
+            for v in vars_in(b.value):
+                self.users.setdefault(v, []).append(b)
         self.output = self.func.body.body
         self.layers: list = []
         self.q: dict = {}          # var -> QParams for int8 tensors
@@ -259,8 +257,8 @@ class _Planner(RuleMixin):
 
     def keep_float(self, b) -> None:
         """B stays an fp32 binding; int8 inputs are dequantized first (only with allow_fp32)."""
-        vars_in = tuple(a for a in getattr(b.value, "args", []) if isinstance(a, relax.Var))
-        int8_in = [a for a in vars_in if self.is_int8(a)]
+        used = tuple(vars_in(b.value))  # inside tuples too (call_tir's arguments): each needs its fp32 value
+        int8_in = [a for a in used if self.is_int8(a)]
         if int8_in:
             if not self.spec.allow_fp32:
                 raise ShieldError(f"{_op_name(b.value)} ({b.var.name}) cannot be quantized to int8",
@@ -269,7 +267,7 @@ class _Planner(RuleMixin):
                 self.need_int8(a)
                 self.need_float(a)
             self.fp32_layers.append(f"{_op_name(b.value)} ({b.var.name})")
-        self.layers.append(FloatOp(out=b.var, inputs=vars_in, binding=b))
+        self.layers.append(FloatOp(out=b.var, inputs=used, binding=b))
 
 
 def make_plan(mod, ranges: dict, spec) -> QuantPlan:

@@ -18,6 +18,31 @@ def _op_name(value) -> str:
     return value.op.name if isinstance(value, relax.Call) and hasattr(value.op, "name") else type(value).__name__
 
 
+def vars_in(e) -> list:
+    """The relax.Vars expression E uses, in order, once each: call arguments, tuple fields, tuple items, nested.
+
+    A binding such as ``call_tir(kernel, (x, c))`` uses x inside a tuple: an fp32 rewrite that looks only at
+    the top-level arguments would re-emit it still naming the int8 graph's x, a var no block defines.
+    """
+    out: list = []
+
+    def walk(x):
+        if isinstance(x, relax.Var):
+            if not any(x.same_as(o) for o in out):
+                out.append(x)
+        elif isinstance(x, relax.Call):
+            for a in x.args:
+                walk(a)
+        elif isinstance(x, relax.Tuple):
+            for f in x.fields:
+                walk(f)
+        elif isinstance(x, relax.TupleGetItem):
+            walk(x.tuple_value)
+
+    walk(e)
+    return out
+
+
 def _is_const(e) -> bool:
     """A tensor constant (TVM 0.27 also derives scalar IntImm/FloatImm arguments from Constant)."""
     return isinstance(e, tvm.ir.expr.Constant) and hasattr(e.value, "numpy")
@@ -85,15 +110,18 @@ class RuleMixin:
         v, op = b.value, _op_name(b.value)
         if op not in REGION_OPS or not isinstance(b.var.ty, relax.TensorType):
             return False
-        vars_in = [a for a in v.args if isinstance(a, relax.Var)]
-        if not vars_in or not all(self.is_int8(a) for a in vars_in):
+        args_in = [a for a in v.args if isinstance(a, relax.Var)]
+        if not args_in or not all(self.is_int8(a) for a in args_in):
             return False
-        srcs = {id(self.region[a][0] if a in self.region else a): (self.region[a][0] if a in self.region else a)
-                for a in vars_in}
+        srcs: list = []  # one Var may come as several Python objects: compare with same_as, not id()
+        for a in args_in:
+            s = self.region[a][0] if a in self.region else a
+            if not any(s.same_as(o) for o in srcs):
+                srcs.append(s)
         if len(srcs) != 1:
             return False  # two different int8 tensors: a residual add or a product, not a function of one
-        src = next(iter(srcs.values()))
-        if op == "relax.nn.relu" and vars_in[0] not in self.region:
+        src = srcs[0]
+        if op == "relax.nn.relu" and args_in[0] not in self.region:
             return False  # max(q, zero point) on the codes is cheaper than a table
         shape = [int(d) for d in b.var.ty.shape]
         if [int(d) for d in src.ty.shape] != shape:
