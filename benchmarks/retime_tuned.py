@@ -1,6 +1,6 @@
-"""Benchmark: are two tuning runs alike? The tuned builds of several `speed.py --tune` work folders, side by side.
+"""Benchmark: are two tuning runs alike? The tuned builds of several `speed_shipped.py --tune` work folders, side by side.
 
-Each work folder holds the databases of one `python benchmarks/speed.py --tune N --workdir DIR` run
+Each work folder holds the databases of one `python benchmarks/speed_shipped.py --tune N --workdir DIR` run
 (db/int8-b1, db/int8-b32, db/shield-b1). This builds every module with each run's database applied
 as is (not through its check, so the raw tuned builds are compared) and with the default
 schedules, then times them all in one fresh process, rounds interleaved. Writes JSON, prints a table.
@@ -18,7 +18,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.speed import SHIELD  # noqa: E402 - the shielded module speed.py tunes
+from benchmarks.speed_shipped import SHIELD  # noqa: E402 - the shielded module speed_shipped.py tunes
 from stochastic_shield.runtime_py.threads import use_all_cores  # noqa: E402 - before TVM's first kernel
 
 REPO = Path(__file__).resolve().parent.parent

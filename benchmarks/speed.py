@@ -1,279 +1,281 @@
-"""Benchmark: our int8 (untuned and tuned) and the shield's T passes beside ONNX Runtime and torch.ao, in one run.
+"""Benchmark: ours int8 against the runtimes a Raspberry Pi user would pick instead, called from Python, one run.
 
-Every system is timed in the same process on the same real test image(s), round after round
-(rounds interleaved, so a burst of load hits all systems alike), each call from a Python loop
-(ORT, torch and our VM alike), and the load average is recorded at every round:
-  ours int8            untuned (default schedules) and, with --tune, tuned: batch 1, batch 32
-  ours shield          mc_T{1,8,32} of one image (MC dropout after the flatten and fc1, p = 0.25)
-  ONNX Runtime int8    QDQ (benchmarks/peers.py), batch 1 and 32, and "naive MC": batch T of one image
-  torch.ao int8        x86 engine, batch 1 and 32
-  ONNX Runtime fp32    batch 1 and 32
-Ratios are to ONNX Runtime int8 at batch 1 and at the same batch (the shield's T passes: to ORT
-running the same image T times as a batch). Writes JSON and a PNG, prints a Markdown table.
-A benchmark, not a test: it asserts nothing.
+    bash scripts/setup.sh --edge        # once: LiteRT, ExecuTorch, ONNX Runtime in .edge/ venvs
+    python benchmarks/speed.py [--models a,b] [--threads 1,2] [--rounds 7] [--min-round-s 0.3] [--fresh]
 
-    python benchmarks/speed.py [--rounds 7] [--tune TRIALS] [--out benchmarks/results/speed.json]
-
---tune tunes three modules for the host (int8 batch 1, batch 32, the shielded module) with
-TRIALS trials each, measured on this machine; the databases live in the work folder, so a rerun
-(or an interrupted one) resumes them instead of starting over.
+For each model of benchmarks/speed_models.py (the shipped one, the zoo at its input sizes, MobileNetV2-1.0 and
+ResNet-18 at 224), from the same fp32 weights and the same 32 calibration images:
+  ours         `shield compile model.pt2 --data calib.npz` for the host (untuned), Deployment.predict_logits
+  LiteRT       2.3.0, XNNPACK, int8 .tflite by litert-torch's PT2E quantizer       interpreter.invoke
+  ExecuTorch   1.5.1, XNNPACK partition, int8 .pte by the XNNPACK PT2E quantizer   method.execute
+  ONNX Runtime int8 QDQ by its static quantizer (benchmarks/peers.py)              session.run
+Batch 1, at each thread count; one worker process per (install, thread count) (benchmarks/edge.py) keeps its
+engines loaded, and each round times every engine at every thread count in turn (order rotated per round), so a
+burst of load hits all alike. Beside the Python time: each runtime's own time where it reports one; top-1
+agreement and SQNR against PyTorch fp32 on 64 test images; GMAC/s and the share of this CPU's measured int8 peak
+(benchmarks/int8_peak.py). On the shipped model and MobileNetV2-1.0 also the shield (the model's own dropout,
+T=1 and T=32) against one plain pass. A conversion or load that fails is a row with its error.
+Results: benchmarks/results/speed.json after every model (a rerun resumes; --fresh starts over), speed.png,
+and the tables of benchmarks/speed_report.py printed.
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import os
+import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
 
-from stochastic_shield.runtime_py.threads import use_all_cores  # noqa: E402 - before TVM's first kernel
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
+from benchmarks import speed_models  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO / "benchmarks" / "results" / "speed.json"
-SHIELD = "dropout=model; T=1,8,32"
-T_SET = (1, 8, 32)
-BATCHES = (1, 32)
-
-
-@dataclass
-class SpeedArgs:
-    """Settings of one run of the speed benchmark."""
-
-    rounds: int = 7
-    min_round_s: float = 0.2        # each system runs at least this long per round (calls scale with speed)
-    tune: int = 0                   # trials per tuned module (0: untuned only)
-    out: Path = DEFAULT_OUT
-    workdir: Path | None = None     # artifacts, ONNX files, tuning databases (default: OUT's folder/work/speed)
-    calib: int = 512
+OUT = ROOT / "benchmarks" / "results" / "speed.json"
+EDGE = Path(os.environ.get("EDGE_DIR") or ROOT / ".edge")   # as scripts/setup_edge.sh
+PEERS = ("litert", "executorch", "onnxruntime")
+PEER_FILES = {"litert": "litert_int8.tflite", "executorch": "executorch_int8.pte", "onnxruntime": "ort_int8.onnx"}
+CONVERT_VENV = {"litert": "convert", "executorch": "run", "onnxruntime": None}   # None: the main install
+SHIELD = "dropout=model; T=1,32"
+SHIELD_MODELS = ("fashion_cnn", "mobilenet_v2_100")
+SETUP_HINT = "run `bash scripts/setup.sh --edge` (LiteRT, ExecuTorch and ONNX Runtime in .edge/ virtualenvs)"
 
 
-@dataclass
-class System:
-    """One timed configuration: a call with its inputs bound, and how to compare it."""
-
-    name: str
-    group: str                      # "ours", "ours tuned", "peer"
-    batch: int                      # images per call
-    passes: int                     # forward passes per image (T for the shield and naive MC)
-    call: object
-    times_ms: list = field(default_factory=list)
+class SetupError(RuntimeError):
+    """The edge venvs are missing: one line that says how to install them."""
 
 
-def _image(n: int) -> np.ndarray:
-    from stochastic_shield.data import load_dataset
+def edge_python(venv: str) -> Path:
+    """The Python of the .edge/VENV virtualenv, or SetupError telling the user how to make it."""
+    py = EDGE / venv / "bin" / "python"
+    if not py.exists():
+        raise SetupError(f"speed: the edge runtimes are not installed ({py} is missing): {SETUP_HINT}")
+    return py
 
-    test = load_dataset("fashion-mnist", "test", None)
-    return np.ascontiguousarray(test.as_float(0, n))
+
+class Worker:
+    """A benchmarks/edge.py process at THREADS threads, fed JSON commands, answering '@@ {...}' lines."""
+
+    def __init__(self, python, threads: int, log: Path):
+        env = dict(os.environ, TVM_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(threads))
+        self.threads = threads
+        self._log = open(log, "a")
+        self.proc = subprocess.Popen([str(python), str(ROOT / "benchmarks" / "edge.py"), str(threads)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
+                                     env=env, cwd=str(ROOT))
+
+    def ask(self, **cmd) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith("@@ "):
+                return json.loads(line[3:])
+        return {"error": f"worker exited (code {self.proc.wait()}); see {self._log.name}"}
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
 
 
-def _compile(work: Path, batch: int, shield: str | None, db: Path | None):
+def _git_head() -> str:
+    r = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return r.stdout.strip() or "unknown"
+
+
+def compile_ours(name: str, folder: Path, shield: str | None = None) -> Path:
+    """Our int8 artifact of model NAME for the host, as `shield compile` builds it (kept per commit)."""
     from stochastic_shield.compile.build import CompileArgs, compile_artifact
 
-    tag = f"{'shield' if shield else 'int8'}-b{batch}-{'tuned' if db else 'untuned'}"
-    out = work / "artifacts" / tag
-    # tuned: as 'shield compile --db' builds it, which keeps the defaults where the tuning run's check
-    # found the tuned build slower (schedules/check.py)
-    m = compile_artifact(CompileArgs(None, "host", out, batch=batch, int8=True, shield=shield, db=db, use_db=bool(db)))
-    if db and not m["tuning"]["applied"]:
-        print(f"{tag}: {m['tuning']['why']}", file=sys.stderr)
+    out = folder / f"ours{'_shield' if shield else ''}_{_git_head()}"
+    if not (out / "manifest.json").exists():
+        source = None if speed_models.MODELS[name][1] is None else folder / "model.pt2"
+        compile_artifact(CompileArgs(source, "host", out, batch=1, calib=speed_models.CALIB,
+                                     calib_data=str(folder / "calib.npz"), shield=shield, use_db=False))
     return out
 
 
-def _vm_call(art: Path, fn: str, x: np.ndarray, T: int | None):
-    """A no-argument call of FN of the artifact ART on X (and a fixed rng for mc_T functions)."""
-    import tvm
-
-    from stochastic_shield.rng import seed_to_rng
-    from stochastic_shield.runtime_py.runner import Deployment
-
-    dep = Deployment(art).__enter__()  # kept loaded for the whole run
-    args = [tvm.runtime.tensor(x, device=dep.dev)]
-    if T is not None:
-        args.append(tvm.runtime.tensor(seed_to_rng(0), device=dep.dev))
-    f = dep.vm[fn]
-    return lambda: f(*args)
-
-
-def _tune(work: Path, trials: int, batch: int, shield: str | None) -> Path:
-    from stochastic_shield.schedules.tune import TuneArgs, tune
-
-    db = work / "db" / f"{'shield' if shield else 'int8'}-b{batch}"
+def convert_peer(engine: str, folder: Path) -> dict:
+    """The peer's int8 file in FOLDER (made once; a failed conversion is remembered with its error)."""
+    done = folder / f"{engine}_convert.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    venv = CONVERT_VENV[engine]
+    py = sys.executable if venv is None else edge_python(venv)
     t0 = time.monotonic()
-    res = tune(TuneArgs(None, "host", trials=trials, int8=True, batch=batch, shield=shield, db=db, progress=True))
-    print(f"tuned {db.name}: {res['status']}, {res['trials_after']} trials, {time.monotonic() - t0:.0f} s",
-          file=sys.stderr)
-    return db, res
+    r = subprocess.run([str(py), str(ROOT / "benchmarks" / "edge_convert.py"), engine, str(folder)],
+                       capture_output=True, text=True, cwd=str(ROOT), env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    (folder / f"{engine}_convert.log").write_text(r.stderr)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    res = json.loads(lines[-1]) if lines else {"engine": engine, "error": f"converter exited {r.returncode}"}
+    res["wall_s"] = round(time.monotonic() - t0, 1)
+    from stochastic_shield._atomic import write_json
+
+    write_json(done, res)
+    return res
 
 
-def _systems(args: SpeedArgs, work: Path) -> tuple[list[System], dict]:
-    from benchmarks import peers
-    from stochastic_shield.checkpoint import load_checkpoint
-    from stochastic_shield.compile.build import calibration_images
-
-    systems, tuning = [], {}
-    x32 = _image(32)
-    x = {1: x32[:1], 32: x32}
-    dbs = {}
-    if args.tune:
-        for key, (batch, shield) in {"int8-b1": (1, None), "int8-b32": (32, None), "shield-b1": (1, SHIELD)}.items():
-            t0 = time.monotonic()
-            dbs[key], res = _tune(work, args.tune, batch, shield)
-            tuning[key] = {"trials": args.tune, "database": str(dbs[key]), "wall_s": round(time.monotonic() - t0, 1),
-                           "tuning_s": res["elapsed_s"], "check": res.get("check")}
-    for group, tuned in (("ours", False), ("ours tuned", True)):
-        if tuned and not args.tune:
-            continue
-        for b in BATCHES:
-            art = _compile(work, b, None, dbs.get(f"int8-b{b}") if tuned else None)
-            systems.append(System(f"{group} int8", group, b, 1, _vm_call(art, "main", x[b], None)))
-        art = _compile(work, 1, SHIELD, dbs.get("shield-b1") if tuned else None)
-        for T in T_SET:
-            systems.append(System(f"{group} shield T={T}", group, 1, T, _vm_call(art, f"mc_T{T}", x[1], T)))
-    model, meta = load_checkpoint(None)
-    calib = calibration_images(meta["dataset"], args.calib)
-    onnx = peers.onnx_int8(model, calib, work / "onnx", batch=None)
-    ort_i8, ort_f32 = peers.ort_session(onnx.int8), peers.ort_session(onnx.fp32)
-    ao = peers.torch_ao_int8(model, calib)
-    import torch
-
-    torch.set_num_threads(peers.THREADS)
-    for b in BATCHES:
-        systems.append(System("ONNX Runtime int8", "peer", b, 1, _ort_call(ort_i8, x[b])))
-        systems.append(System("torch.ao int8", "peer", b, 1, _torch_call(ao, x[b])))
-        systems.append(System("ONNX Runtime fp32", "peer", b, 1, _ort_call(ort_f32, x[b])))
-    for T in T_SET[1:]:
-        systems.append(System(f"ONNX Runtime int8 naive MC T={T}", "peer", 1, T,
-                              _ort_call(ort_i8, np.repeat(x[1], T, axis=0))))
-    return systems, tuning
+def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
+    noise = float(np.sum((out - ref) ** 2))
+    return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(ref ** 2)) / noise)
 
 
-def _ort_call(session, x):
-    name = session.get_inputs()[0].name
-    feed = {name: np.ascontiguousarray(x, dtype=np.float32)}
-    return lambda: session.run(None, feed)
+def measure_model(name: str, args, peak: dict) -> dict:
+    """Every engine of model NAME at every thread count: outputs scored, rounds interleaved, runtime times."""
+    folder = Path(args.work) / name
+    info = speed_models.prepare(name, folder)
+    print(f"[speed] {name}: converting and compiling", file=sys.stderr, flush=True)
+    conv = {e: convert_peer(e, folder) for e in PEERS}
+    engines = {}  # key -> (engine, install, path, T)
+    try:
+        engines["ours"] = ("ours", "main", compile_ours(name, folder), None)
+    except Exception as e:  # noqa: BLE001 - a model we cannot compile is a row with its error
+        conv["ours"] = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200] if str(e).strip() else ''}"}
+    if name in SHIELD_MODELS and "ours" in engines:
+        try:
+            art = compile_ours(name, folder, SHIELD)
+            engines.update({f"ours shield T={t}": ("ours", "main", art, t) for t in (1, 32)})
+        except Exception as e:  # noqa: BLE001
+            conv["ours shield"] = {"error": f"{type(e).__name__}: {str(e).strip()[-200:]}"}
+    for e in PEERS:
+        if "file" in conv[e]:
+            engines[e] = (e, "run", folder / conv[e]["file"], None)
+    workers = {}
+    for t in args.threads:
+        workers[("main", t)] = Worker(sys.executable, t, folder / f"worker_main_{t}.log")
+        workers[("run", t)] = Worker(edge_python("run"), t, folder / f"worker_run_{t}.log")
+    fp32 = np.load(folder / "fp32.npy")
+    rows = {}
+    try:
+        live = []
+        for key, (engine, inst, path, T) in engines.items():
+            for t in args.threads:
+                w = workers[(inst, t)]
+                r = rows[(key, t)] = {"engine": key, "threads": t, "python_ms": []}
+                a = w.ask(op="load", key=key, engine=engine, path=str(path), T=T)
+                if "error" in a:
+                    r["error"] = a["error"]
+                    continue
+                live.append((key, t))
+                if t == args.threads[0]:  # the outputs do not depend on the thread count
+                    out = folder / f"out_{key.replace(' ', '_').replace('=', '')}.npy"
+                    a = w.ask(op="outputs", key=key, images=str(folder / "eval.npy"), out=str(out))
+                    if "error" in a:
+                        r["error"] = a["error"]
+                        continue
+                    y = np.load(out)
+                    y = y.mean(axis=1) if y.shape[1] > 1 else y[:, 0]   # a shield: mean of its passes' logits
+                    r["agreement"] = float(np.mean(y.argmax(1) == fp32.argmax(1)))
+                    r["sqnr_db"] = sqnr_db(fp32, y)
+        live = [k for k in live if "error" not in rows[k]]
+        loads = []
+        from tqdm import tqdm
+
+        for rnd in tqdm(range(args.rounds), desc=f"{name} rounds", unit="round", file=sys.stderr):
+            order = live[rnd % len(live):] + live[:rnd % len(live)] if live else []
+            for key, t in order:
+                a = workers[(engines[key][1], t)].ask(op="time", key=key, min_s=args.min_round_s,
+                                                     images=str(folder / "eval.npy"))
+                if "error" in a:
+                    rows[(key, t)]["error"] = a["error"]
+                else:
+                    rows[(key, t)]["python_ms"].append(a["python_ms"])
+            loads.append(list(os.getloadavg()))
+        for key, t in live:
+            a = workers[(engines[key][1], t)].ask(op="runtime", key=key, min_s=2 * args.min_round_s,
+                                                 images=str(folder / "eval.npy"))
+            rows[(key, t)].update(runtime_ms=a.get("runtime_ms"), runtime_how=a.get("how", a.get("error")))
+    finally:
+        for w in workers.values():
+            w.close()
+    out_rows = []
+    for (key, t), r in rows.items():
+        if r["python_ms"]:
+            r["median_ms"] = float(np.median(r["python_ms"]))
+            r["min_ms"] = float(np.min(r["python_ms"]))
+            r["gmacs"] = info["macs"] / (r["median_ms"] * 1e6)   # one pass's MACs (a shield: its T per call)
+            p = (peak.get("gmacs") or {}).get(str(t))
+            r["peak_share"] = r["gmacs"] / p if p else None
+        out_rows.append(r)
+    return {"info": info, "conversions": conv, "rows": out_rows, "loadavg_rounds": loads if rows else [],
+            "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
-def _torch_call(model, x):
-    import torch
-
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-
-    def call():
-        with torch.inference_mode():
-            return model(xt)
-    return call
-
-
-def _time_round(s: System, min_s: float) -> float:
-    """Mean ms per call over at least MIN_S seconds of calls (after two warm-up calls)."""
-    s.call()
-    s.call()
-    n, elapsed = 0, 0.0
-    t0 = time.perf_counter()
-    while elapsed < min_s or n < 5:
-        s.call()
-        n += 1
-        elapsed = time.perf_counter() - t0
-    return elapsed / n * 1e3
+def edge_versions() -> dict:
+    """Versions of the packages in the edge venvs that exist."""
+    out = {}
+    for venv, dists in (("run", ("torch", "executorch", "ai-edge-litert", "onnxruntime")),
+                        ("convert", ("litert-torch", "torchao"))):
+        py = EDGE / venv / "bin" / "python"
+        if py.exists():
+            code = ("import importlib.metadata as m, json; print(json.dumps({d: m.version(d) for d in %r}))" % (dists,))
+            r = subprocess.run([str(py), "-c", code], capture_output=True, text=True)
+            out[venv] = json.loads(r.stdout) if r.returncode == 0 else r.stderr[-200:]
+    return out
 
 
-def _summary(systems: list[System]) -> list[dict]:
-    med = {(s.name, s.batch): float(np.median(s.times_ms)) for s in systems}
-    ort = {b: med[("ONNX Runtime int8", b)] for b in BATCHES}
-    naive = {T: med.get((f"ONNX Runtime int8 naive MC T={T}", 1)) for T in T_SET[1:]}
-    naive[1] = ort[1]
-    rows = []
-    for s in systems:
-        m = med[(s.name, s.batch)]
-        same = naive[s.passes] if s.passes > 1 or "shield" in s.name else ort[s.batch]
-        rows.append({"system": s.name, "group": s.group, "batch": s.batch, "passes": s.passes,
-                     "median_ms": m, "min_ms": float(np.min(s.times_ms)), "rounds_ms": s.times_ms,
-                     "x_ort_int8_b1": m / ort[1], "x_ort_int8_same": m / same})
-    return rows
-
-
-def _markdown(rows: list[dict], machine: dict) -> str:
-    lines = [f"Host: {machine['cpu']}, {machine['usable_cores']} cores; load average {machine['loadavg_start']} "
-             f"at the start, {machine['loadavg_end']} at the end; median (min) of {machine['rounds']} interleaved "
-             "rounds, Python-loop calls.", "",
-             "| system | batch | ms median (min) | x ORT int8 b1 | x ORT int8 same batch / naive MC |",
-             "| --- | --- | --- | --- | --- |"]
-    for r in rows:
-        lines.append(f"| {r['system']} | {r['batch']} | {r['median_ms']:.4f} ({r['min_ms']:.4f}) | "
-                     f"{r['x_ort_int8_b1']:.2f} | {r['x_ort_int8_same']:.2f} |")
-    return "\n".join(lines)
-
-
-def _plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [f"{r['system']} b{r['batch']}" if "T=" not in r["system"] else r["system"] for r in rows]
-    colors = {"ours": "tab:blue", "ours tuned": "tab:green", "peer": "tab:gray"}
-    fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.2))
-    y = np.arange(len(rows))
-    ax.barh(y, [r["median_ms"] for r in rows], color=[colors[r["group"]] for r in rows])
-    ax.errorbar([r["median_ms"] for r in rows], y, xerr=[[r["median_ms"] - r["min_ms"] for r in rows],
-                                                           [0] * len(rows)], fmt="none", ecolor="black", lw=0.8)
-    ax.set_yticks(y, labels, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xscale("log")
-    ax.set_xlabel("ms per call (median over rounds; whisker to the minimum), log scale")
-    ax.set_title("Shipped FashionCNN on this host: ours (blue untuned, green tuned) vs peers (grey)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def run(args: SpeedArgs) -> dict:
-    """Build, (optionally) tune and time every system; write JSON and PNG; return the results."""
+def run(args) -> dict:
+    from benchmarks.int8_peak import measure
     from benchmarks.quantization import machine_info, versions
     from stochastic_shield._atomic import write_json
 
-    threads = use_all_cores()
-    args.out = Path(args.out)
-    work = Path(args.workdir or args.out.parent / "work" / "speed")
-    work.mkdir(parents=True, exist_ok=True)
+    edge_python("run")  # fail in one line before any work when the venvs are missing
+    out = Path(args.out)
+    res = {} if args.fresh or not out.exists() else json.loads(out.read_text())
+    res.setdefault("models", {})
     machine = machine_info()
-    systems, tuning = _systems(args, work)
-    loads = []
-    for r in range(args.rounds):
-        for s in systems:
-            s.times_ms.append(_time_round(s, args.min_round_s))
-        loads.append(list(os.getloadavg()))
-        print(f"round {r + 1}/{args.rounds}: load {loads[-1][0]:.2f}", file=sys.stderr)
-    machine.update(loadavg_end=list(os.getloadavg()), loadavg_rounds=loads, rounds=args.rounds)
-    import tvm
+    machine["lscpu_model"] = machine["cpu"]
+    res["runs"] = res.get("runs", []) + [{"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                                          "machine": machine, "commit": _git_head()}]
+    res["versions"] = dict(versions(), edge=edge_versions())
+    res["settings"] = {"rounds": args.rounds, "min_round_s": args.min_round_s, "threads": args.threads,
+                       "calib_images": speed_models.CALIB, "eval_images": speed_models.EVAL, "shield": SHIELD}
+    res["peak"] = res.get("peak") if res.get("peak") and not args.fresh else measure(args.threads)
+    for name in args.models:
+        if name in res["models"] and "finished" in res["models"][name]:
+            continue
+        res["models"][name] = measure_model(name, args, res["peak"])
+        res["runs"][-1]["loadavg_end"] = list(os.getloadavg())
+        write_json(out, res)
+    from benchmarks import speed_report
 
-    rows = _summary(systems)
-    results = {"machine": machine, "versions": versions(),
-               "threads": {"TVM_NUM_THREADS": threads, "tvm": int(tvm.get_global_func("runtime.NumThreads")()),
-                           "onnxruntime_intra_op": 2, "torch": 2},
-               "shield": SHIELD, "tuning": tuning or None, "rows": rows}
-    write_json(args.out, results)
-    _plot(rows, args.out.with_suffix(".png"))
-    results["markdown"] = _markdown(rows, machine)
-    return results
+    speed_report.plot(res, out.with_suffix(".png"))
+    return res
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=SpeedArgs.rounds)
-    p.add_argument("--min-round-s", type=float, default=SpeedArgs.min_round_s)
-    p.add_argument("--tune", type=int, default=0, metavar="TRIALS", help="tune each module with TRIALS trials")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--models", default=",".join(speed_models.MODELS))
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--min-round-s", type=float, default=0.3, help="seconds of calls per engine per round")
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "results" / "work" / "speed")
+    p.add_argument("--fresh", action="store_true", help="drop the results already in --out")
     a = p.parse_args(argv)
-    res = run(SpeedArgs(rounds=a.rounds, min_round_s=a.min_round_s, tune=a.tune, out=a.out, workdir=a.workdir))
-    print(res["markdown"])
+    a.models = [m for m in a.models.split(",") if m]
+    unknown = [m for m in a.models if m not in speed_models.MODELS]
+    if unknown:
+        print(f"speed: unknown models {unknown} (known: {', '.join(speed_models.MODELS)})", file=sys.stderr)
+        return 2
+    a.threads = [int(t) for t in a.threads.split(",")]
+    try:
+        res = run(a)
+    except SetupError as e:
+        print(e, file=sys.stderr)
+        return 2
+    from benchmarks import speed_report
+
+    print(speed_report.markdown(res))
     return 0
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything stochastic-shield needs on Debian 12 with Python 3.11 (run as root).
-# Idempotent: a second run only checks. Usage: bash scripts/setup.sh [--test]
+# Idempotent: a second run only checks. Usage: bash scripts/setup.sh [--test|--edge]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -27,4 +27,7 @@ echo "setup: pip install -e .[$extras]"
 PIP_BREAK_SYSTEM_PACKAGES=1 "$PY" -m pip install -q --disable-pip-version-check -e ".[$extras]"
 "$PY" -c "import tvm, tvm_ffi, torch; assert tvm_ffi.__version__.startswith('0.1.14'), tvm_ffi.__version__" \
   || { echo "setup: TVM/torch import check failed" >&2; exit 1; }
+if [ "${1:-}" = "--edge" ]; then  # benchmarks/speed.py's peers (LiteRT, ExecuTorch) in .edge/ venvs
+  bash scripts/setup_edge.sh
+fi
 echo "setup: done"
