@@ -57,7 +57,7 @@ TABLES: dict[str, Table] = {
     "zoo.compile_time": Table("zoo.json", zoo_compile_time),
     "shield.sweep": Table("shield_sweep.json", shield_sweep),
     "tuning.repro": Table("tuning-repro.json", tuning_repro),
-    "speed.shipped": Table("speed.json", speed_shipped),
+    "speed.shipped": Table("speed_shipped.json", speed_shipped),
     "kernels.where": Table("kernels.json", kernels_where),
 }
 

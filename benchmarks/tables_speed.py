@@ -1,5 +1,5 @@
 """Renderers of the speed results on the shipped model: ours against ONNX Runtime and torch.ao
-(benchmarks/speed.py) and where the time of one call goes (benchmarks/kernels.py)."""
+(benchmarks/speed_shipped.py, results speed_shipped.json) and where the time of one call goes (benchmarks/kernels.py)."""
 from __future__ import annotations
 
 from benchmarks.tables_common import _table
