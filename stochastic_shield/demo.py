@@ -35,6 +35,9 @@ class DemoArgs:
     surrogate_epochs: int = 1
     surrogate_images: int | None = 10000   # the transfer surrogate: trained once (about 15 s), then cached
     accuracy_images: int = 2000            # clean accuracy of int8 + shield at T=16 over RPC
+    # One line of 'shield bench uncertainty' on the artifacts already built (T <= 16), four corruptions at severity 3.
+    uncertainty_images: int = 500
+    uncertainty_corruptions: tuple[str, ...] = ("gaussian-noise", "motion-blur", "contrast", "jpeg")
     resume: bool = True
     timing: dict = field(default_factory=lambda: {"number": 10, "repeat": 15, "warmup": 5})
 
@@ -95,12 +98,15 @@ def run_demo(args: DemoArgs) -> dict:
             session_timeout=1800, out=out / "robustness", resume=args.resume, batch=50, threads=1))
     rob_s = time.perf_counter() - t_rob
     _step(f"boards stopped (robustness: {rob_s:.0f} s)")
+    unc = _uncertainty(args, config, acc_art, out)
+    _step(f"uncertainty on {args.uncertainty_images} images (clean, {len(args.uncertainty_corruptions)} corruptions "
+          f"at severity 3, glyphs-ood): {unc['line']}")
 
-    report = _report(meta, config, acc, lat, rob, out)
+    report = _report(meta, config, acc, lat, rob, out, unc)
     result = {"model": {k: meta[k] for k in ("arch", "dataset", "test_accuracy", "weights_sha256")},
               "shield": str(config), "accuracy_T16": acc, "latency": lat["rows"],
               "sanity_checks": rob["sanity"], "report": str(report),
-              "robustness_s": rob_s, "wall_s": time.perf_counter() - t_start}
+              "robustness_s": rob_s, "uncertainty": unc, "wall_s": time.perf_counter() - t_start}
     write_json(out / "demo.json", result)
     _step(f"report: {report}")
     plots = [str(out / "latency" / "latency.png")] + [v for v in rob["files"].values() if str(v).endswith(".png")]
@@ -108,7 +114,20 @@ def run_demo(args: DemoArgs) -> dict:
     return result
 
 
-def _report(meta, config, acc, lat, rob, out: Path) -> Path:
+def _uncertainty(args: DemoArgs, config, shield_art: Path, out: Path) -> dict:
+    """'shield bench uncertainty' at demo size on the int8 artifact of the robustness run and the T=16 shield."""
+    from .bench.uncertainty import UncertaintyArgs, headline, run_uncertainty
+
+    int8_art = out / "robustness" / "artifacts" / "int8"
+    res = run_uncertainty(UncertaintyArgs(
+        checkpoint=args.checkpoint, limit=args.uncertainty_images, corruptions=args.uncertainty_corruptions,
+        severities=(3,), T=(1, 8, 16), filter="+".join(map(str, config.filters)) or "none",
+        dropout=",".join(map(str, config.dropout)), out=out / "uncertainty", batch=50, progress=False,
+        artifacts={"int8": int8_art, "int8+shield": shield_art} if int8_art.exists() else {"int8+shield": shield_art}))
+    return {"line": headline(res), "report": res["files"]["report"]}
+
+
+def _report(meta, config, acc, lat, rob, out: Path, unc: dict | None = None) -> Path:
     """REPORT.md: what the shield buys per eps, then the three results with links to the detailed report and plots."""
     from .bench.latency import format_table
     from .bench.robustness.summary import headline
@@ -142,6 +161,8 @@ def _report(meta, config, acc, lat, rob, out: Path) -> Path:
         "![transfer](robustness/robustness_transfer.png)",
         "![adaptive](robustness/robustness_adaptive.png)",
         "",
+        *(["## Uncertainty", "", unc["line"], "", "Details: [uncertainty/uncertainty.md](uncertainty/uncertainty.md).", ""]
+          if unc else []),
     ]
     path = out / "REPORT.md"
     with atomic_file(path) as f:

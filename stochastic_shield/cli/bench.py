@@ -11,11 +11,14 @@ from .common import add_json, add_model, add_rpc, comma_ints, comma_list, endpoi
 
 def register(sub) -> None:
     """Add 'bench' with its two benchmarks to the shield CLI's subparsers."""
-    p = sub.add_parser("bench", help="benchmarks users come for: latency against T, robustness under attack",
+    p = sub.add_parser("bench", help="benchmarks users come for: latency against T, robustness under attack, uncertainty",
                        description="Benchmarks that write JSON, plots and a readable report.")
     bench = p.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
     add_latency(bench)
     add_robustness(bench)
+    from .bench_uncertainty import add_uncertainty
+
+    add_uncertainty(bench)
 
 
 def add_latency(bench) -> argparse.ArgumentParser:
