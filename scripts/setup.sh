@@ -11,6 +11,7 @@ APT_PACKAGES=(
   g++-aarch64-linux-gnu     # cross compiler for rasp4b64 / aarch64 boards
   g++-arm-linux-gnueabihf   # cross compiler for rasp3b (32-bit armv7)
   qemu-user-static          # runs the emulated aarch64 board
+  fonts-dejavu-core         # text lines rendered for the OCR models of the ONNX corpus (tests, benchmarks)
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -22,7 +23,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 extras="peers"
-[ "${1:-}" = "--test" ] && extras="peers,test"
+[ "${1:-}" = "--test" ] && extras="peers,test,corpus"
 echo "setup: pip install -e .[$extras]"
 PIP_BREAK_SYSTEM_PACKAGES=1 "$PY" -m pip install -q --disable-pip-version-check -e ".[$extras]"
 "$PY" -c "import tvm, tvm_ffi, torch; assert tvm_ffi.__version__.startswith('0.1.14'), tvm_ffi.__version__" \

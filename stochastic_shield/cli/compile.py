@@ -65,6 +65,8 @@ def cmd_compile(args) -> None:
     else:
         print(f"wrote {args.out}: {manifest['precision']} {manifest['model']['arch']} for {manifest['target']['name']} "
               f"(input {manifest['input']['shape']}, TVM {manifest['tvm_version']})")
+        for note in manifest["model"].get("import_notes", []):
+            print(f"import: {note}")
         tuning = manifest["tuning"]
         if tuning and not tuning["applied"]:
             print(f"default schedules, not those of {tuning['database']}: {tuning['why']}")

@@ -91,6 +91,8 @@ def prepare_module(args: CompileArgs) -> Prepared:
         raise ShieldError("the shield is compiled into int8 models", "add --int8 (the default; drop --fp32)")
     mod, sites, program = import_source(loaded, args.batch, config)
     with_classes(loaded, int(mod["main"].ret_ty.shape[-1]))
+    if loaded.notes:  # what the ONNX front door changed (compile prints them)
+        meta["import_notes"] = list(loaded.notes)
     if config is not None:
         shield = dict(config.describe(), sites=sites, stochastic=bool(sites) or any(f.random for f in config.filters))
         mod = InsertInputFilter(config.filters)(mod)
@@ -224,7 +226,7 @@ def compile_with_plan(args: CompileArgs, database_dir=_RESOLVE, prep: Prepared |
             "classes": meta["classes"],
             "model": {"arch": meta["arch"], "dataset": meta["dataset"], "checkpoint": checkpoint_label(args.checkpoint),
                       "weights_sha256": meta["weights_sha256"], "fp32_test_accuracy": meta.get("test_accuracy"),
-                      "source": meta.get("source")},
+                      "source": meta.get("source"), "import_notes": meta.get("import_notes", [])},
             "target": {"name": board.name, "tvm": board.target, "cross_compiler": board.cross_compiler,
                        "rpc_key": board.rpc_key},
             "precision": "int8" if args.int8 else "fp32",

@@ -90,7 +90,7 @@ def import_source(loaded, batch: int, config=None) -> tuple:
     if loaded.form == "onnx":
         from .onnx_import import import_onnx
 
-        mod, sites = import_onnx(loaded.onnx_model, shape, config)
+        mod, sites = import_onnx(loaded.onnx_model, shape, config, loaded.notes)
     else:
         model = loaded.module
         if config is not None and config.dropout:
