@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.tables_callpath import callpath
 from benchmarks.tables_common import Table
 from benchmarks.tables_compile import (
     quantization_accuracy,
@@ -59,6 +60,7 @@ TABLES: dict[str, Table] = {
     "tuning.repro": Table("tuning-repro.json", tuning_repro),
     "speed.shipped": Table("speed_shipped.json", speed_shipped),
     "kernels.where": Table("kernels.json", kernels_where),
+    "callpath": Table("callpath.json", callpath),
 }
 
 # ---------------------------------------------------------------- rewriting and checking the pages

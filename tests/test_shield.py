@@ -110,6 +110,25 @@ def test_batched_T_pass_equals_T_single_passes_with_the_same_seeds(shielded, fas
     assert len({batched[0, t].tobytes() for t in range(8)}) > 1  # passes differ from each other
 
 
+def test_mc_logits_equal_the_old_call_path_and_are_not_overwritten(shielded, fashion_test):
+    """The preallocated call path (issue 17) against a new tensor per call; each batch keeps its own seed."""
+    import tvm
+
+    art, _ = shielded
+    x = fashion_test.as_float(0, 10)  # two full batches of 4 and a padded one
+    with Deployment(art) as dep:
+        new, seeds = dep.mc_passes(x, T=8, seed=5, sample_offset=3)
+        pad = np.concatenate([x, np.zeros((2, *x.shape[1:]), np.float32)])
+        rng = tvm.runtime.tensor(seed_to_rng(5, 3), device=dep.dev)
+        old = np.concatenate([dep.vm["mc_T8"](tvm.runtime.tensor(pad[i:i + 4], device=dep.dev), rng).numpy()
+                              for i in range(0, 12, 4)]).reshape(12, 8, 10)[:10]
+        kept = new.copy()
+        fresh, fresh_seeds = dep.mc_passes(x[:4], T=8)  # one call, a fresh seed; must not touch NEW
+    np.testing.assert_array_equal(new, old)
+    np.testing.assert_array_equal(new, kept)
+    assert seeds == [5, 5, 5] and len(fresh_seeds) == 1 and not np.shares_memory(new, fresh)
+
+
 def test_uncertainty_outputs(shielded, fashion_test):
     art, _ = shielded
     with Deployment(art) as dep:

@@ -6,8 +6,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import ShieldError
 
 MANIFEST = "manifest.json"
@@ -81,17 +79,6 @@ class Artifact:
                               f"manifest {str(want)[:12]}...): it is damaged or was replaced",
                               "recompile with 'shield compile'")
         return data, digest
-
-    def check_input(self, x: np.ndarray) -> np.ndarray:
-        """Validate a float image batch (N, C, H, W) against the artifact's input, or say what is wrong."""
-        x = np.asarray(x)
-        want = self.input_shape[1:]
-        if x.ndim != 4 or tuple(x.shape[1:]) != want:
-            raise ShieldError(f"input shape {tuple(x.shape)} does not match the artifact's (N, {', '.join(map(str, want))})",
-                              f"give images of shape {want} (C, H, W) in [0, 1]")
-        if not np.isfinite(x).all():
-            raise ShieldError("input contains NaN or infinite values")
-        return x.astype(np.float32, copy=False)
 
 
 def load_artifact(path) -> Artifact:

@@ -11,10 +11,11 @@ import numpy as np
 
 from .. import paths
 from ..errors import ShieldError
-from ..rng import check_seed, seed_or_fresh, seed_to_rng
+from ..rng import check_seed, fresh_seed, seed_or_fresh, seed_to_rng
 from .artifact import Artifact, load_artifact
 from .session import Endpoint, open_session
-from .threads import use_all_cores
+from .calls import BoundCall, check_images
+from .threads import check_threads, pool_threads_stale, set_pool_threads, use_all_cores
 
 
 @dataclass(frozen=True)
@@ -28,14 +29,23 @@ class TimingSpec:
 
 
 class Deployment:
-    """An artifact loaded on a device (local or remote); use as a context manager."""
+    """An artifact loaded on a device (local or remote); use as a context manager.
 
-    def __init__(self, artifact: Artifact | str, endpoint: Endpoint | None = None):
+    THREADS: how many threads of TVM's pool each kernel is split over (None: all the device's cores,
+    the default). See :meth:`set_threads`.
+    """
+
+    def __init__(self, artifact: Artifact | str, endpoint: Endpoint | None = None, threads: int | None = None):
         self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
         self.endpoint = endpoint or Endpoint()
+        self._threads = 0 if threads is None else check_threads(threads)  # 0: all
         self._stack = contextlib.ExitStack()
         self.vm = None
         self.dev = None
+        self._sess = None
+        self._calls: dict = {}  # function name (and T for mc_T{T}) -> BoundCall
+        self._chw = self.artifact.input_shape[1:]
+        self._k = len(self.artifact.classes)
 
     def __enter__(self) -> "Deployment":
         import tvm
@@ -61,6 +71,9 @@ class Deployment:
                 msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
                 raise ShieldError(f"{self.endpoint.describe()} could not load the library built for target {target!r} "
                                   f"({msg[:160]})", "compile the artifact for that board's target") from None
+            self._sess = sess
+            if self._threads or sess is None:
+                self.set_threads(self._threads or None)
         except BaseException:
             self._stack.close()
             raise
@@ -69,7 +82,8 @@ class Deployment:
     def __exit__(self, *exc):
         import gc
 
-        self.vm = self.dev = None
+        self.vm = self.dev = self._sess = None
+        self._calls.clear()
         self._stack.close()
         # The VM and remote module form reference cycles; until they are collected the board keeps
         # the session (and stays busy for the tracker) up to its session timeout.
@@ -80,30 +94,77 @@ class Deployment:
         """True for a shielded artifact with MC dropout (entry functions mc_T{T}(x, rng))."""
         return self.artifact.stochastic
 
-    def _batches(self, x: np.ndarray, run) -> np.ndarray:
-        """Run RUN on X in the artifact's static batch size, padding the last batch."""
-        x = self.artifact.check_input(x)
-        b = self.artifact.batch
-        outs = []
-        for i in range(0, len(x), b):
-            chunk = x[i:i + b]
-            n = len(chunk)
-            if n < b:
-                chunk = np.concatenate([chunk, np.zeros((b - n, *chunk.shape[1:]), np.float32)])
-            outs.append(run(np.ascontiguousarray(chunk))[:n])
-        return np.concatenate(outs)
+    def set_threads(self, n: int | None) -> int:
+        """Split every kernel over N threads of TVM's pool (None: all cores); returns the count TVM reports.
 
-    def predict_logits(self, x: np.ndarray) -> np.ndarray:
-        """Logits for images X (N, C, H, W) in [0, 1] from a deterministic artifact."""
+        TVM sizes a pool per calling thread once (runtime_py/threads.py): N can be at most its size,
+        the core count unless TVM_NUM_THREADS said otherwise. Locally the setting is re-applied when
+        this deployment is called from another thread, or after another deployment changed it; on a
+        board it is sent to the server, whose session runs on one thread.
+        """
+        n = 0 if n is None else check_threads(n)
+        if self.vm is None:
+            self._threads = n  # applied on entering
+            return n
+        got = set_pool_threads(n, None if self._sess is None else self._sess.get_function)
+        self._threads = n  # only once TVM took it: a refused count leaves the old one
+        return got
+
+    @property
+    def threads(self) -> int:
+        """Threads each kernel of this deployment runs on, as TVM's runtime on the device reports them."""
+        if self.vm is None:
+            raise ShieldError("the deployment is not loaded", "use it inside 'with Deployment(...) as dep:'")
+        if self._sess is not None:
+            return int(self._sess.get_function("runtime.NumThreads")())
+        self.ensure_threads()
         import tvm
 
+        return int(tvm.get_global_func("runtime.NumThreads")())
+
+    def ensure_threads(self) -> None:
+        """Re-apply this deployment's thread count in the calling thread if something else changed it (local)."""
+        if self._sess is None and pool_threads_stale(self._threads):
+            set_pool_threads(self._threads)
+
+    def _call(self, fn: str) -> BoundCall:
+        """The bound call of FN (handle looked up and input tensors allocated on first use)."""
+        call = self._calls.get(fn)
+        if call is None:
+            if self.vm is None:
+                raise ShieldError("the deployment is not loaded", "use it inside 'with Deployment(...) as dep:'")
+            inputs = [(self.artifact.input_shape, "float32")] + ([((3,), "uint32")] if fn != "main" else [])
+            call = self._calls[fn] = BoundCall(self.vm, self.dev, fn, inputs, local=self._sess is None)
+        return call
+
+    def _run(self, x: np.ndarray, call: BoundCall, rows: int, extra=tuple) -> np.ndarray:
+        """CALL over checked images X in the artifact's static batch (the last batch padded): (N * ROWS, K).
+
+        EXTRA() gives the inputs after the images for each compiled call.
+        """
+        b, n = self.artifact.batch, len(x)
+        self.ensure_threads()
+        if n == b:
+            return call.run(x, *extra())
+        out = np.empty((n * rows, self._k), np.float32)
+        for i in range(0, n, b):
+            chunk = x[i:i + b]
+            m = len(chunk)
+            if m < b:
+                chunk = np.concatenate([chunk, np.zeros((b - m, *self._chw), np.float32)])
+            out[i * rows:(i + m) * rows] = call.run(chunk, *extra())[:m * rows]
+        return out
+
+    def predict_logits(self, x: np.ndarray) -> np.ndarray:
+        """Logits (N, K) for images X (N, C, H, W) in [0, 1] from a deterministic artifact (a fresh array)."""
         if self.stochastic:
             raise ShieldError("this artifact is stochastic (MC dropout or a dithered filter): it needs T and a seed "
                               "(fresh by default)",
                               "use mc_logits(x, T) (CLI: --T; --seed only to reproduce a run)")
+        x = check_images(x, self._chw)
         if len(x) == 0:
-            return np.zeros((0, len(self.artifact.classes)), np.float32)
-        return self._batches(x, lambda c: self.vm["main"](tvm.runtime.tensor(c, device=self.dev)).numpy())
+            return np.zeros((0, self._k), np.float32)
+        return self._run(x, self._call("main"), 1)
 
     def mc_logits(self, x: np.ndarray, T: int, seed: int | None = None, sample_offset: int = 0) -> np.ndarray:
         """Per-pass logits (N, T, K) of T stochastic passes, one compiled call per batch of images.
@@ -132,24 +193,32 @@ class Deployment:
         The seeds are sent to the device as the ``rng`` input of ``mc_T{T}`` (over RPC when remote); a
         deterministic artifact uses none (the list is empty) and repeats its one answer T times.
         """
-        import tvm
-
         if not self.stochastic:
             return np.repeat(self.predict_logits(x)[:, None], T, axis=1), []  # deterministic: all passes agree
-        fn = self.artifact.mc_function(T)
+        call = self._calls.get(T) or self._mc_call(T)
         if seed is not None:
-            check_seed(seed)
+            seed = check_seed(seed)
+        x = check_images(x, self._chw)
         seeds: list[int] = []
-        k = len(self.artifact.classes)
         if len(x) == 0:
-            return np.zeros((0, T, k), np.float32), seeds
+            return np.zeros((0, T, self._k), np.float32), seeds
+        if not 0 <= sample_offset < 2**32:
+            seed_to_rng(0, sample_offset)  # its one-line error
+        rng = np.empty(3, np.uint32)
+        rng[2] = sample_offset
 
-        def call(chunk: np.ndarray) -> np.ndarray:
-            seeds.append(seed_or_fresh(seed))
-            rng = tvm.runtime.tensor(seed_to_rng(seeds[-1], sample_offset), device=self.dev)
-            return self.vm[fn](tvm.runtime.tensor(chunk, device=self.dev), rng).numpy().reshape(len(chunk), T, k)
+        def inputs() -> tuple[np.ndarray]:
+            s = fresh_seed() if seed is None else seed
+            seeds.append(s)
+            rng[0], rng[1] = s & 0xFFFFFFFF, s >> 32
+            return (rng,)
 
-        return self._batches(x, call), seeds
+        return self._run(x, call, T, inputs).reshape(len(x), T, self._k), seeds
+
+    def _mc_call(self, T: int) -> BoundCall:
+        """The bound call of mc_T{T}, also kept under the key T (a one-line error for a T not built)."""
+        call = self._calls[T] = self._call(self.artifact.mc_function(T))
+        return call
 
     def predict_proba(self, x: np.ndarray, T: int = 1, seed: int | None = None) -> np.ndarray:
         """Class probabilities (N, K): softmax, averaged over T passes for a shielded artifact (SEED None: fresh)."""
@@ -173,6 +242,7 @@ class Deployment:
             fn = self.artifact.mc_function(T)
             args.append(tvm.runtime.tensor(seed_to_rng(seed_or_fresh(seed)), device=self.dev))
         self.vm.set_input(fn, *args)
+        self.ensure_threads()
         for _ in range(spec.warmup):
             self.vm.invoke_stateful(fn)
         f = self.vm.time_evaluator("invoke_stateful", self.dev, number=spec.number, repeat=spec.repeat,

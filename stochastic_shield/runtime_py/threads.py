@@ -40,3 +40,65 @@ def use_all_cores() -> str:
     if not os.environ.get(ENV):
         os.environ[ENV] = str(core_count())
     return os.environ[ENV]
+
+
+# --- how many of the pool's threads a deployment uses -----------------------------------------------
+# TVM keeps one thread pool per calling thread, sized when that thread first launches a parallel
+# kernel (above). ``runtime.config_threadpool(mode, n)`` then sets how many of its threads a kernel is
+# split over (mode 1, "big cores", is TVM's own default; n = 0 means all of them); it can lower the
+# count, never raise it past the pool's size. ``runtime.NumThreads`` reports the count in use.
+BIG_CORES = 1        # TVM's ThreadGroup::kBig, the mode its pool starts in
+_applied: dict[int, int] = {}   # thread id -> the count set_pool_threads last set in that thread (0: all)
+
+
+def check_threads(n) -> int:
+    """N as an int >= 1, or a one-line error."""
+    from ..errors import ShieldError
+
+    try:
+        if isinstance(n, bool) or int(n) != n:
+            raise ValueError
+        n = int(n)
+    except (TypeError, ValueError):
+        raise ShieldError(f"threads must be a whole number, got {n!r}", "give threads=N with N >= 1") from None
+    if n < 1:
+        raise ShieldError(f"threads must be at least 1, got {n}", "give threads=N with N >= 1, or None for all cores")
+    return n
+
+
+def set_pool_threads(n: int, get_function=None) -> int:
+    """Split kernels launched from this thread over N threads of TVM's pool (0: all); returns the count in use.
+
+    GET_FUNCTION looks up a runtime function by name (a remote session's ``get_function`` for a
+    board, whose server runs every call of a session on one thread); None: this process.
+
+    Raises
+    ------
+    ShieldError
+        N is larger than the pool: the count in use is left as it was.
+    """
+    import threading
+
+    import tvm
+
+    from ..errors import ShieldError
+
+    get = get_function or tvm.get_global_func
+    config, num_threads = get("runtime.config_threadpool"), get("runtime.NumThreads")
+    before = int(num_threads())
+    config(BIG_CORES, int(n))
+    got = int(num_threads())
+    if n and got < n:
+        config(BIG_CORES, before)
+        raise ShieldError(f"threads={n} is more than TVM's thread pool holds here ({got})",
+                          f"ask for at most {got}, or set {ENV}={n} before the first model runs in this process")
+    if get_function is None:
+        _applied[threading.get_ident()] = n
+    return got
+
+
+def pool_threads_stale(n: int) -> bool:
+    """True when this thread's pool was last set (by set_pool_threads) to another count than N (0: all)."""
+    import threading
+
+    return _applied.get(threading.get_ident(), 0) != n
