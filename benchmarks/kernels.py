@@ -10,7 +10,13 @@ default schedules, or a tuning database's with --db), then:
 "VM and builtins" is the whole minus the kernels' sum: allocation, shape checks and calls.
 Writes JSON and prints a Markdown table. A benchmark, not a test: it asserts nothing.
 
+With --networks instead: MobileNetV2-1.0 at 224 and the zoo's MobileNetV2-0.35 built with packed
+depthwise kernels and with generic ones, timed side by side (benchmarks/kernels_networks.py), and each
+packed conv / depthwise kernel serial against parallel (the crossover schedule.py cites); merged into
+the same JSON under "networks", "parallel_crossover" and "networks_machine".
+
     python benchmarks/kernels.py [--T 32] [--db DIR] [--out benchmarks/results/kernels.json]
+    python benchmarks/kernels.py --networks [--rounds 5]
 """
 from __future__ import annotations
 
@@ -149,9 +155,14 @@ def main(argv=None) -> int:
     ap.add_argument("--T", type=int, default=32, help="the shield's passes to profile (default 32)")
     ap.add_argument("--db", type=Path, help="a tuning database for the host to apply (default: untuned)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--networks", action="store_true", help="packed against generic depthwise on MobileNetV2s")
+    ap.add_argument("--rounds", type=int, default=5, help="--networks: interleaved rounds (default 5)")
     args = ap.parse_args(argv)
     threads = use_all_cores()
     from stochastic_shield._atomic import atomic_file, write_json
+
+    if args.networks:
+        return networks_main(args, threads)
 
     configs = [("int8 batch 1", 1, None, None), ("int8 batch 32", 32, None, None),
                (f"shield T={args.T}, one image", 1, f"dropout=model; T={args.T}", args.T)]
@@ -171,6 +182,26 @@ def main(argv=None) -> int:
     with atomic_file(args.out.with_suffix(".md")) as f:
         f.write(text + "\n")
     print(text)
+    return 0
+
+
+def networks_main(args, threads) -> int:
+    """--networks: run benchmarks/kernels_networks.py, merge its results into the JSON, print its tables."""
+    import json
+
+    from benchmarks import kernels_networks as kn
+    from benchmarks.quantization import machine_info, versions
+    from benchmarks.tables_kernels import kernels_crossover, kernels_depthwise, kernels_networks
+    from stochastic_shield._atomic import write_json
+
+    start = machine_info()
+    res = {"networks": kn.run(rounds=args.rounds), "parallel_crossover": kn.crossover()}
+    res["networks_machine"] = start | {"threads": threads, "loadavg": [round(v, 2) for v in os.getloadavg()],
+                                       "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    old = json.loads(args.out.read_text()) if args.out.exists() else {"benchmark": "kernels"}
+    write_json(args.out, old | res)
+    for render in (kernels_networks, kernels_depthwise, kernels_crossover):
+        print(render(res) + "\n")
     return 0
 
 

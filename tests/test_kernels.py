@@ -18,6 +18,7 @@ from tvm import relax
 from stochastic_shield.compile.build import CompileArgs, compile_with_plan, prepare_module
 from stochastic_shield.compile.importer import import_model
 from stochastic_shield.compile.kernels import PackInt8, select_isa
+from stochastic_shield.compile.kernels.schedule import DefaultSchedules
 from stochastic_shield.compile.pipeline import build, lower, optimize, pack_int8, quantize
 from stochastic_shield.compile.quantization import QuantSpec, run_reference
 from stochastic_shield.data import load_fashion_mnist
@@ -83,6 +84,21 @@ class OddChannels(nn.Module):
         return self.fc2(torch.relu(self.fc1(x.flatten(1))))
 
 
+class Depthwise(nn.Module):
+    """Depthwise 3x3 at stride 1 (ReLU6, residual add) and 2 on 20 channels, a 1x1 to 36: no block divides them."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 20, 3, padding=1)
+        self.dw1, self.dw2 = nn.Conv2d(20, 20, 3, padding=1, groups=20), nn.Conv2d(20, 20, 3, 2, 1, groups=20)
+        self.pw, self.fc = nn.Conv2d(20, 36, 1), nn.Linear(36 * 14 * 14, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = x + torch.clamp(self.dw1(x), 0, 6)
+        return self.fc(self.pw(torch.relu(self.dw2(x))).flatten(1))
+
+
 def _rgb(x: np.ndarray) -> np.ndarray:
     """Grey images as 3 different channels."""
     return np.concatenate([x, 1.0 - x, x * x], axis=1).astype(np.float32)
@@ -114,6 +130,27 @@ def test_odd_channel_counts_are_padded_and_bit_exact(batch, images, calib):
     assert sum(c.startswith("packed_") for c in _calls(packed, "main")) == 4
     ex = build(packed, HOST)
     rng = np.random.default_rng(7)
+    for x in (_rgb(images[:batch]), rng.random((batch, 3, 28, 28), dtype=np.float32)):
+        np.testing.assert_array_equal(_run(ex, "main", x), run_reference(plan, x))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_depthwise_layers_are_packed_and_bit_exact(batch, images, calib):
+    _needs_host_isa()
+    torch.manual_seed(0)
+    qmod, plan = quantize(optimize(import_model(Depthwise().eval(), (batch, 3, 28, 28))), _rgb(calib),
+                          QuantSpec(calib_images=len(calib)))
+    report: dict = {}
+    packed = pack_int8(qmod, HOST, report)
+    kinds = [(lay["kind"], lay["packed"]) for lay in report["functions"]["main"]]
+    assert kinds == [("conv", True), ("depthwise", True), ("depthwise", True), ("conv", True), ("dense", True)], kinds
+    assert "relax.nn.conv2d" not in _calls(packed, "main")
+    with HOST:  # the depthwise kernels get their default schedule (a failing one would leave them unscheduled)
+        smod = DefaultSchedules()(lower(packed, HOST))
+    dw = [f for gv, f in smod.functions.items() if gv.name_hint.startswith("packed_depthwise")]
+    assert len(dw) == 2 and all("tirx.is_scheduled" in f.attrs for f in dw)
+    ex = build(packed, HOST)
+    rng = np.random.default_rng(3)
     for x in (_rgb(images[:batch]), rng.random((batch, 3, 28, 28), dtype=np.float32)):
         np.testing.assert_array_equal(_run(ex, "main", x), run_reference(plan, x))
 
@@ -150,8 +187,6 @@ def test_avx512_without_vnni_is_refused(shipped_unpacked):
 
 
 def test_packed_kernels_get_tensorized_default_schedules(shipped_unpacked):
-    from stochastic_shield.compile.kernels.schedule import DefaultSchedules
-
     qmod, _ = shipped_unpacked
     with HOST:
         mod = DefaultSchedules()(lower(pack_int8(qmod, HOST), HOST))

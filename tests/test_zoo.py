@@ -28,7 +28,7 @@ MIN_SQNR = {"resnet8": 45.9, "ds_cnn": 56.1, "mobilenet_v1_025": 42.2, "mobilene
             "mobilenet_v3_small": 60.2}
 # Layer kinds a zoo model may still run on a generic (unpacked) kernel: an empty set means every conv and dense
 # layer of every zoo model must be a packed int8 kernel on the host.
-MAY_BE_GENERIC = {"depthwise"}
+MAY_BE_GENERIC: set = set()
 SITES = {"resnet8": "pool", "ds_cnn": "pool", "mobilenet_v1_025": "pool", "mobilenet_v2_035": "pool",
          "mobilenet_v3_small": "pool"}
 

@@ -43,15 +43,16 @@ def expand_monte_carlo(mod: tvm.IRModule, t_set) -> tvm.IRModule:
     return ExpandMonteCarlo(t_set)(mod)
 
 
-def pack_int8(mod: tvm.IRModule, target: tvm.target.Target, report: dict | None = None) -> tvm.IRModule:
+def pack_int8(mod: tvm.IRModule, target: tvm.target.Target, report: dict | None = None, kinds=None) -> tvm.IRModule:
     """int8 conv2d / dense as packed dot-product kernels for TARGET (VNNI, sdot, NEON; see kernels/isa.py).
 
     Returns MOD unchanged on targets without an exact int8 dot-product instruction. REPORT, if
-    given, receives which layers were packed and which stay generic (``PackInt8.report``).
+    given, receives which layers were packed and which stay generic (``PackInt8.report``). KINDS: the
+    layer kinds to pack (default all; benchmarks compare against fewer).
     """
     from .kernels import PackInt8
 
-    pas = PackInt8(target)
+    pas = PackInt8(target) if kinds is None else PackInt8(target, kinds)
     out = pas(mod)
     if report is not None:
         report.update(pas.report)

@@ -5,8 +5,9 @@ isa.py        which exact dot-product instruction a target has; the fixed VNNI i
 epilogue.py   bias (+128 compensation), requantize, dequantize of an anchor's accumulator
 conv.py       packed conv2d (+ max pool), its TE definition, weight packing and default schedule
 dense.py      packed dense, the same
+depthwise.py  packed depthwise conv2d: 16 channels per vector, taps unrolled, int16 products summed in int32
 layout.py     packed activation forms and the conversions at region boundaries
-match.py      finds the emitter's conv2d / dense chains in a Relax function
+match.py      finds the emitter's conv2d (dense and depthwise) / dense chains in a Relax function
 pack_int8.py  PackInt8, the Relax pass
 """
 from . import isa as _isa  # noqa: F401 - registers the fixed VNNI intrinsics on import

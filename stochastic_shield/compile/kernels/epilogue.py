@@ -68,23 +68,30 @@ def channel_blocks(a: np.ndarray, dtype: str, cb: int) -> np.ndarray:
 
 
 def requant_placeholders(cb: int) -> list:
-    """TE inputs bias (int32), m0, rnd, n (int64), each [CB, BLOCK]."""
+    """TE inputs bias, m0 (int32), rnd, n (int64), each [CB, BLOCK]."""
     return [te.placeholder((cb, BLOCK), dt, name=nm) for nm, dt in
-            (("bias", "int32"), ("m0", "int64"), ("rnd", "int64"), ("shift", "int64"))]
+            (("bias", "int32"), ("m0", "int32"), ("rnd", "int64"), ("shift", "int64"))]
 
 
 def requant_arrays(ep: Epilogue, bias: np.ndarray, cb: int) -> list[np.ndarray]:
     """The numpy values of requant_placeholders (BIAS already compensated)."""
-    return [channel_blocks(bias, "int32", cb), channel_blocks(ep.m0, "int64", cb),
+    return [channel_blocks(bias, "int32", cb), channel_blocks(ep.m0, "int32", cb),
             channel_blocks(ep.rnd, "int64", cb), channel_blocks(ep.n, "int64", cb)]
 
 
+def fits_int32(a: np.ndarray) -> bool:
+    """Every entry of A in int32's range (m0 is, by construction: [2^30, 2^31))."""
+    return a.size == 0 or (int(a.min()) >= -_INT32_MAX - 1 and int(a.max()) <= _INT32_MAX)
+
+
 def requant_expr(acc, q: list, ep: Epilogue, act_dtype: str, shift: int):
-    """int32 ACC plus the compensated bias, requantized, clamped, stored as ACT_DTYPE (code + SHIFT)."""
+    """int32 ACC plus the compensated bias, requantized, clamped, stored as ACT_DTYPE (code + SHIFT).
+
+    The reference's int64 arithmetic with both factors of the product read as int32 (one 32x32->64
+    multiply, vpmuldq, instead of a 64-bit one), and the clamp moved before the zero point's add
+    (clamp(t + zp, lo, hi) = clamp(t, lo - zp, hi - zp) + zp), so that the rest is int32.
+    """
     bias, m0, rnd, n = q
-    t = (acc + bias).astype("int64") * m0 + rnd
-    t = tirx.shift_right(t, n) + tirx.const(ep.zp, "int64")
-    t = tirx.Min(tirx.Max(t, tirx.const(ep.lo, "int64")), tirx.const(ep.hi, "int64"))
-    if shift:
-        t = t + tirx.const(shift, "int64")
-    return t.astype(act_dtype)
+    t = tirx.shift_right((acc + bias).astype("int64") * m0.astype("int64") + rnd, n)
+    t = tirx.Min(tirx.Max(t, tirx.const(ep.lo - ep.zp, "int64")), tirx.const(ep.hi - ep.zp, "int64"))
+    return (t.astype("int32") + tirx.const(ep.zp + shift, "int32")).astype(act_dtype)

@@ -18,10 +18,11 @@ from tvm import relax
 from tvm.ir.expr import Constant
 
 from .conv import ConvSpec
-from .epilogue import Epilogue
+from .epilogue import Epilogue, fits_int32
 
 _REQUANT = ("relax.astype", "relax.multiply", "relax.add", "relax.right_shift", "relax.add", "relax.maximum",
             "relax.minimum", "relax.astype")
+KINDS = frozenset({"conv", "depthwise", "dense"})  # the anchor kinds there are packed kernels for
 _U8_PRODUCT_LIMIT = (2**31 - 1) // (255 * 128)  # reduction length whose shifted u8 x s8 sum fits int32
 
 
@@ -29,7 +30,7 @@ _U8_PRODUCT_LIMIT = (2**31 - 1) // (255 * 128)  # reduction length whose shifted
 class Anchor:
     """One matched chain: what the packed kernel computes and which bindings it replaces."""
 
-    kind: str                       # "conv" or "dense"
+    kind: str                       # "conv", "depthwise" or "dense"
     x: relax.Expr                   # the int8 input (before the absorbed pad)
     w: np.ndarray                   # OIHW or [K, O] int8
     ep: Epilogue
@@ -108,7 +109,7 @@ class _Chain:
             return None
         m0, rnd, n = (_per_channel(c.args[1], o, np.int64) for c in calls[1:4])
         zp, lo, hi = (_scalar(c.args[1]) for c in calls[4:7])
-        if any(v is None for v in (m0, rnd, n, zp, lo, hi)):
+        if any(v is None for v in (m0, rnd, n, zp, lo, hi)) or not fits_int32(m0):
             return None
         return Epilogue(bias, m0, rnd, n, zp, lo, hi), var, set(seen)
 
@@ -126,7 +127,8 @@ def _static(e, ndim: int, dtype: str) -> list[int] | None:
 def _conv(call, var, chain: _Chain) -> Anchor | None:
     a = call.attrs
     w = _const(call.args[1])
-    if (w is None or w.dtype != np.int8 or int(a.groups) != 1 or str(a.out_dtype) != "int32"
+    depthwise = w is not None and w.ndim == 4 and w.shape[1] == 1 and int(a.groups) == w.shape[0] > 1
+    if (w is None or w.dtype != np.int8 or (int(a.groups) != 1 and not depthwise) or str(a.out_dtype) != "int32"
             or (str(a.data_layout), str(a.kernel_layout), str(a.out_layout)) != ("NCHW", "OIHW", "NCHW")
             or any(int(p) for p in a.padding)):
         return None
@@ -149,8 +151,12 @@ def _conv(call, var, chain: _Chain) -> Anchor | None:
     ep, out, seen = tail
     n, c, h, wd = shape
     o, _, kh, kw = w.shape
+    if depthwise and c != o:
+        return None
     spec = ConvSpec(n, c, h, wd, o, kh, kw, tuple(int(s) for s in a.strides), tuple(int(d) for d in a.dilation),
                     padding, pad_code)
+    if depthwise:
+        return Anchor("depthwise", x, w, ep, out, spec, replaced | seen) if spec.usable() else None
     pool = chain.next(out, "relax.nn.max_pool2d")
     if pool is not None:
         p = pool[1].attrs
@@ -217,8 +223,8 @@ def layer_sites(func: relax.Function) -> list[tuple[relax.Var, str, str]]:
     return out
 
 
-def find_anchors(func: relax.Function) -> dict:
-    """{var of the chain's last binding: Anchor} for every packable chain of FUNC (dataflow bindings)."""
+def find_anchors(func: relax.Function, kinds=KINDS) -> dict:
+    """{var of the chain's last binding: Anchor} for every packable chain of FUNC (dataflow bindings) of KINDS."""
     bindings = [b for blk in func.body.blocks for b in blk.bindings]
     value_of = {b.var: b.value for b in bindings}
     chain = _Chain(value_of, uses(bindings, func.body.body))
@@ -228,6 +234,6 @@ def find_anchors(func: relax.Function) -> dict:
         op = getattr(v.op, "name", "") if isinstance(v, relax.Call) else ""
         anchor = _conv(v, b.var, chain) if op == "relax.nn.conv2d" else _dense(v, b.var, chain) \
             if op == "relax.matmul" else None
-        if anchor is not None:
+        if anchor is not None and anchor.kind in kinds:
             found[anchor.out] = anchor
     return found

@@ -25,12 +25,13 @@ from tvm import relax, te
 from ..shield.dropout import apply_mc_dropout, mc_dropout_info
 from . import conv as convk
 from . import dense as densek
+from . import depthwise as dwk
 from . import layout
 from .epilogue import BLOCK, blocks, compensated_bias, requant_arrays
 from .isa import Isa, select_isa
-from .match import Anchor, find_anchors, layer_sites, uses
+from .match import KINDS, Anchor, find_anchors, layer_sites, uses
 
-KERNEL_ATTR = "shield.packed_kernel"  # "conv" | "dense": which default schedule (schedule.py) applies
+KERNEL_ATTR = "shield.packed_kernel"  # "conv" | "depthwise" | "dense": which default schedule (schedule.py) applies
 ISA_ATTR = "shield.packed_isa"
 
 
@@ -45,11 +46,11 @@ def _op(e) -> str:
 class _Rewriter:
     """Re-emits one function, replacing anchors by packed kernels and tracking packed values."""
 
-    def __init__(self, bb: relax.BlockBuilder, mod: tvm.IRModule, isa: Isa, func: relax.Function):
+    def __init__(self, bb: relax.BlockBuilder, mod: tvm.IRModule, isa: Isa, func: relax.Function, kinds):
         self.bb, self.mod, self.isa = bb, mod, isa
         self.bindings = [b for blk in func.body.blocks for b in blk.bindings]
         self.ret = func.body.body
-        self.anchors = find_anchors(func)
+        self.anchors = find_anchors(func, kinds)
         self.replaced = set().union(*(a.replaced for a in self.anchors.values())) if self.anchors else set()
         self.env: dict = {}      # old var -> new expression of its logical value
         self.packed: dict = {}   # old var -> (new packed expression, layout.Packed)
@@ -159,6 +160,15 @@ class _Rewriter:
                        relax.TensorType(convk.output_shape(spec), self.isa.act_dtype))
         self.packed[a.out] = (y, layout.Packed("nchwc", spec.n, o, *spec.out_hw))
 
+    def depthwise(self, a: Anchor):
+        x, _ = self.packed_input(a.x, "conv")
+        spec = a.spec
+        bias = compensated_bias(a.ep, dwk.weight_sums(a.w), self.isa.shift)
+        args = [x, _c(dwk.pack_weights(a.w)), *[_c(q) for q in requant_arrays(a.ep, bias, blocks(spec.cout))]]
+        y = self._call("packed_depthwise", dwk.depthwise_func(spec, a.ep, self.isa), "depthwise", args,
+                       relax.TensorType(dwk.output_shape(spec), self.isa.act_dtype))
+        self.packed[a.out] = (y, layout.Packed("nchwc", spec.n, spec.cout, *spec.conv_hw))
+
     def dense(self, a: Anchor):
         x, form = self.packed_input(a.x, "dense")
         if form.kind == "flat_nchwc" and form.shape[1] % 4:
@@ -244,7 +254,7 @@ class _Rewriter:
     def binding(self, b) -> None:
         if b.var in self.anchors:
             a = self.anchors[b.var]
-            self.conv(a) if a.kind == "conv" else self.dense(a)
+            {"conv": self.conv, "depthwise": self.depthwise, "dense": self.dense}[a.kind](a)
         elif b.var in self.replaced:
             return
         elif not self.passthrough(b):
@@ -263,9 +273,9 @@ def _rewritable(func) -> bool:
             and all(isinstance(blk, relax.DataflowBlock) for blk in func.body.blocks))
 
 
-def _layers(func, isa) -> list[dict]:
+def _layers(func, isa, kinds) -> list[dict]:
     """One entry per int8 conv2d / matmul of FUNC: its name, kind, shape and whether a packed kernel replaces it."""
-    anchors = find_anchors(func) if isa is not None else {}
+    anchors = find_anchors(func, kinds) if isa is not None else {}
     replaced = set().union(*(a.replaced for a in anchors.values())) if anchors else set()
     return [{"layer": var.name, "kind": kind, "shape": desc, "packed": var in replaced}
             for var, kind, desc in layer_sites(func)]
@@ -279,22 +289,23 @@ class PackInt8:
     and which stay generic (``{"isa", "reason", "functions": {name: [{"layer", "kind", "shape", "packed"}]}}``).
     """
 
-    def __init__(self, target):
+    def __init__(self, target, kinds=KINDS):
         self.isa, self.reason = select_isa(target)
+        self.kinds = frozenset(kinds)  # which anchor kinds to pack (benchmarks compare against fewer)
         self.report: dict = {}
 
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
         self.report = {"isa": self.isa.name if self.isa else None, "reason": self.reason,
-                       "functions": {gv.name_hint: _layers(f, self.isa) for gv, f in mod.functions.items()
+                       "functions": {gv.name_hint: _layers(f, self.isa, self.kinds) for gv, f in mod.functions.items()
                                      if isinstance(f, relax.Function) and _rewritable(f)}}
         if self.isa is None:
             return mod
-        todo = {gv: f for gv, f in mod.functions.items() if _rewritable(f) and find_anchors(f)}
+        todo = {gv: f for gv, f in mod.functions.items() if _rewritable(f) and find_anchors(f, self.kinds)}
         if not todo:
             return mod
         bb = relax.BlockBuilder(tvm.IRModule({g: f for g, f in mod.functions.items() if g not in todo}))
         for gv, func in todo.items():
-            rw = _Rewriter(bb, mod, self.isa, func)
+            rw = _Rewriter(bb, mod, self.isa, func, self.kinds)
             params = [relax.Var(p.name, p.ty) for p in func.params]
             attrs = dict(func.attrs) if func.attrs is not None else None
             with bb.function(gv.name_hint, params, attrs=attrs, pure=func.is_pure):

@@ -19,9 +19,11 @@ from tvm import s_tir, tirx
 from ..shield.dropout import mc_dropout_info, schedule_mc_dropout
 from .conv import schedule_conv
 from .dense import schedule_dense
+from .depthwise import schedule_depthwise
 from .isa import ISAS
 from .pack_int8 import ISA_ATTR, KERNEL_ATTR
 
+SCHEDULES = {"conv": schedule_conv, "depthwise": schedule_depthwise, "dense": schedule_dense}
 PARALLEL_MIN_FLOPS = 10e6    # a packed conv / dense gets a parallel loop from here (conv1 at batch 32: 54 -> 32 us)
 INJECTIVE_PARALLEL = 1 << 16  # elements from which an injective kernel is split over the cores
 _LANES = 16
@@ -75,7 +77,7 @@ def default_schedule(func: tirx.PrimFunc) -> s_tir.Schedule | None:
         if KERNEL_ATTR in attrs:
             isa = ISAS[str(attrs[ISA_ATTR])]
             parallel = _flops(func) >= PARALLEL_MIN_FLOPS
-            return (schedule_conv if str(attrs[KERNEL_ATTR]) == "conv" else schedule_dense)(func, isa, parallel)
+            return SCHEDULES[str(attrs[KERNEL_ATTR])](func, isa, parallel)
         if mc_dropout_info(func) is not None:
             return schedule_mc_dropout(func)
         return _schedule_injective(func)
