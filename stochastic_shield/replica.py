@@ -179,8 +179,15 @@ class Replica(torch.nn.Module, LayerVisitor):
         self._env[lay.out] = torch.relu(self._env[lay.inputs[0]])
 
     def visit_add(self, lay):
-        s = self._env[lay.inputs[0]] + self._env[lay.inputs[1]]
-        self._env[lay.out] = _fake_quant(s, lay.q, lay.lo, lay.hi)
+        x, y = self._env[lay.inputs[0]], self._env[lay.inputs[1]]
+        self._env[lay.out] = _fake_quant(x - y if lay.subtract else x + y, lay.q, lay.lo, lay.hi)
+
+    def visit_transpose(self, lay):
+        self._env[lay.out] = self._env[lay.inputs[0]].permute(*lay.axes)
+
+    def visit_resize(self, lay):
+        fh, fw = lay.factors
+        self._env[lay.out] = self._env[lay.inputs[0]].repeat_interleave(fh, 2).repeat_interleave(fw, 3)
 
     def visit_avgpool(self, lay):
         top, left, bottom, right = lay.padding

@@ -83,6 +83,41 @@ class _Concat(nn.Module):
         return torch.cat([self.a(x), self.b(x)], 1)
 
 
+class _Difference(_Residual):
+    """a(x) - b(x) of two int8 tensors: an Add layer with a negative multiplier."""
+
+    def forward(self, x):
+        x = (x - 0.3) / 0.35
+        return self.a(x) - self.b(x)
+
+
+class _ChannelShuffle(nn.Module):
+    """ShuffleNet's channel shuffle (reshape, transpose, reshape), then a nearest 2x upsample (a detector's neck)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Sequential(_conv(1, 4), nn.ReLU(), nn.MaxPool2d(2))
+
+    def forward(self, x):
+        y = self.conv((x - 0.3) / 0.35)
+        n, c, h, w = y.shape
+        y = y.reshape(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return nn.functional.interpolate(y, scale_factor=2, mode="nearest")
+
+
+class _HardswishSpellings(nn.Module):
+    """x * relu6(x + 3) / 6 and x * clip(x + 3, 0, 6) / 6: products of two functions of one tensor, one table each."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = _conv(1, 4)
+
+    def forward(self, x):
+        y = self.conv((x - 0.3) / 0.35)
+        y = y * nn.functional.relu6(y + 3) / 6
+        return y * torch.clamp(y + 3, 0, 6) / 6 - 0.1
+
+
 # name -> (model factory, input filter chain, layer kinds the plan must contain)
 CASES = {
     "conv2d_padded": (lambda: _Net(_conv(), nn.ReLU()), "", {"float", "quantize", "conv2d", "dequantize"}),
@@ -106,6 +141,9 @@ CASES = {
     "avgpool_window": (lambda: _Net(_conv(), nn.ReLU(), nn.AvgPool2d(3, 2, padding=1, count_include_pad=False)), "",
                        {"avgpool"}),
     "avgpool_adaptive": (lambda: _Net(_conv(), nn.ReLU(), nn.AdaptiveAvgPool2d(7)), "", {"avgpool"}),
+    "add_subtract": (_Difference, "", {"add"}),
+    "transpose_and_resize": (_ChannelShuffle, "", {"transpose", "resize"}),
+    "lut_hardswish_spellings": (_HardswishSpellings, "", {"lut"}),
     "dropout": (lambda: _Net(_conv(), nn.ReLU(), nn.Flatten(), MCDropout(0.3, 0), nn.Linear(3136, 10)), "",
                 {"reshape", "dropout"}),
 }
@@ -183,3 +221,10 @@ def test_stochastic_plan_without_rng_is_refused(images):
     *_, plan = _three_backends("dropout", images)
     with pytest.raises(ValueError, match="needs rng"):
         run_reference(plan, images[1])
+
+
+def test_hardswish_spellings_are_one_table_each_not_a_product(images):
+    """x * f(x) is a function of x: one lookup table (a product of two int8 tensors would lose a rounding step)."""
+    *_, plan = _three_backends("lut_hardswish_spellings", images)
+    kinds = [lay.kind for lay in plan.layers]
+    assert "mul" not in kinds and kinds.count("lut") == 1, kinds

@@ -136,6 +136,8 @@ def _importer_class():
                 bounds = _clip_bounds(inputs, attrs)
                 if bounds is not None:  # relax.clip, as PyTorch's hardtanh imports: int8 planning knows it
                     return self.bb.emit(relax.op.clip(inputs[0], *bounds))
+            if op_name in ("Max", "Min") and len(inputs) == 2:  # TVM stacks its operands first: not elementwise
+                return self.bb.emit((relax.op.maximum if op_name == "Max" else relax.op.minimum)(*inputs))
             return super()._convert_operator(op_name, inputs, attrs, opset)
 
     return ShieldONNXImporter

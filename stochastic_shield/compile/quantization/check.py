@@ -1,4 +1,4 @@
-"""Before quantizing: find layers whose operators have no int8 form, and name them as PyTorch layers."""
+"""Before quantizing: find layers whose operators have no int8 form (int8_ops.py), and name them as PyTorch layers."""
 from __future__ import annotations
 
 import operator
@@ -7,23 +7,7 @@ import torch
 
 from ...errors import ShieldError
 from ..importer import layer_of
-
-_ANCHORS = {"aten.convolution.default", "aten.addmm.default", "aten.mm.default", "aten.linear.default"}
-# Operators with an int8 form once their input is int8 (batch norm after a conv is folded into it; other
-# elementwise ops of one int8 tensor become lookup tables, see elementwise.py).
-_INT8_OPS = _ANCHORS | {
-    "aten.relu.default", "aten.max_pool2d_with_indices.default", "aten.max_pool2d.default",
-    "aten.view.default", "aten.reshape.default", "aten._unsafe_view.default", "aten.flatten.using_ints",
-    "aten.add.Tensor", "aten.sub.Tensor", "aten.mul.Tensor", "aten.div.Tensor", "aten.mean.dim",
-    "aten._native_batch_norm_legit_no_training.default", "aten.clone.default", "aten.alias.default",
-    "aten.dropout.default", "aten.permute.default", "aten.t.default", "aten.cat.default",
-    "aten.avg_pool2d.default", "aten._adaptive_avg_pool2d.default", "aten.adaptive_avg_pool2d.default",
-    "aten.hardtanh.default", "aten.clamp.default", "aten.clamp_min.default", "aten.clamp_max.default",
-    "aten.relu6.default", "aten.sigmoid.default", "aten.tanh.default", "aten.hardswish.default",
-    "aten.hardsigmoid.default", "aten.silu.default", "aten.leaky_relu.default", "aten.maximum.default",
-    "aten.minimum.default",
-    "shield.mc_dropout.default",  # MC dropout runs on int8 (dropped elements become the zero point)
-}
+from .int8_ops import ATEN
 
 
 def _name(node) -> str:
@@ -32,17 +16,32 @@ def _name(node) -> str:
 
 
 def non_quantizable_layers(ep: torch.export.ExportedProgram) -> list[tuple[str, str]]:
-    """(operator, layer) pairs that would receive int8 tensors but have no int8 form."""
-    int8 = set()  # nodes whose output is int8 in the quantized model
+    """(operator, layer) pairs that would receive int8 tensors but have no int8 form (int8_ops.INT8_OPS).
+
+    Follows the planner's rule for elementwise operators: each int8 node remembers the tensor it is an
+    elementwise function of (``src``), so ``x * hardsigmoid(x)`` is one tensor's function (a lookup table)
+    while ``x / y`` of two activations has no int8 form.
+    """
+    src: dict = {}  # int8 node -> the int8 tensor it is an elementwise function of (itself for a new tensor)
     bad = []
     for node in ep.graph.nodes:
         if node.op != "call_function":
             continue
         name = _name(node)
-        fed = any(isinstance(a, torch.fx.Node) and a in int8 for a in node.all_input_nodes)
-        if name in _ANCHORS or (fed and name in _INT8_OPS) or (fed and name == "getitem"):
-            int8.add(node)
-        elif fed:
+        form = ATEN.get(name)
+        if form is not None and form.operands == "anchor":
+            src[node] = node
+            continue
+        sources = {src[a] for a in node.all_input_nodes if a in src}
+        if not sources:
+            continue  # fp32 stays fp32 until a conv/dense needs it
+        if name == "getitem" or (form is not None and form.operands not in ("one", "two")):
+            src[node] = node
+        elif form is not None and len(sources) == 1:
+            src[node] = next(iter(sources))  # one tensor's elementwise function: a lookup table
+        elif form is not None and form.operands == "two":
+            src[node] = node  # two int8 tensors: add, subtract or multiply
+        else:
             bad.append((name, layer_of(node)))
     return bad
 

@@ -17,11 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .fixed_point import QMAX, QMIN
+from .int8_ops import REGION_OPS
 
-# Relax ops a region may contain (all elementwise; binary ones broadcast per channel at most).
-UNARY = {"relax.sigmoid", "relax.tanh", "relax.nn.relu", "relax.nn.silu", "relax.nn.leakyrelu", "relax.clip"}
-BINARY = {"relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum"}
-REGION_OPS = UNARY | BINARY
 
 
 @dataclass(frozen=True)
@@ -70,6 +67,10 @@ _NUMPY = {
     "relax.nn.leakyrelu": lambda x, alpha: np.where(x >= 0, x, x * np.float32(alpha)).astype(np.float32),
     "relax.clip": lambda x, lo, hi: np.clip(x, lo, hi).astype(np.float32),
 }
+
+
+# Every Relax op a region may contain (int8_ops.REGION_OPS) has a numpy form here and a torch form below.
+assert REGION_OPS <= set(_NUMPY), sorted(REGION_OPS - set(_NUMPY))
 
 
 def _torch_ops():

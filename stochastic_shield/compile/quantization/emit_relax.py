@@ -123,6 +123,14 @@ class RelaxEmitter(LayerVisitor):
     def visit_reshape(self, lay):
         self.i8[lay.out] = self.bb.emit(relax.op.reshape(self.i8[lay.inputs[0]], lay.shape))
 
+    def visit_transpose(self, lay):
+        self.i8[lay.out] = self.bb.emit(relax.op.permute_dims(self.i8[lay.inputs[0]], list(lay.axes)))
+
+    def visit_resize(self, lay):
+        fh, fw = lay.factors
+        t = self.bb.emit(relax.op.repeat(self.i8[lay.inputs[0]], fh, axis=2))
+        self.i8[lay.out] = self.bb.emit(relax.op.repeat(t, fw, axis=3))
+
     def visit_relu(self, lay):
         self.i8[lay.out] = self.bb.emit(relax.op.maximum(self.i8[lay.inputs[0]], _c(lay.x.zero_point, "int8")))
 

@@ -212,7 +212,8 @@ class Relu(Layer):
 
 @dataclass(frozen=True, eq=False, kw_only=True)
 class Add(Layer):
-    """Residual add of two int8 tensors, both rescaled to the output scale with one shared shift n."""
+    """Residual add (or, with SUBTRACT, difference: my < 0) of two int8 tensors, both rescaled to the output scale
+    with one shared shift n."""
 
     kind: ClassVar[str] = "add"
     x: QParams
@@ -224,6 +225,25 @@ class Add(Layer):
     lo: int = -128
     hi: int = 127
     relu: bool = False
+    subtract: bool = False
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Transpose(Layer):
+    """Axes permuted (the batch axis stays first): int8 codes move, qparams carry over."""
+
+    kind: ClassVar[str] = "transpose"
+    x: QParams
+    axes: tuple
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Resize(Layer):
+    """Nearest-neighbour upsampling of an NCHW tensor by integer factors: every code repeated, qparams carry over."""
+
+    kind: ClassVar[str] = "resize"
+    x: QParams
+    factors: tuple               # (fh, fw)
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -320,7 +340,7 @@ class Dropout(Layer):
 
 # Every layer kind, in the order the visitor checks them.
 LAYER_KINDS: tuple[type[Layer], ...] = (FloatOp, Filter, Quantize, Dequantize, Conv2d, Dense, MaxPool, Reshape,
-                                        Relu, Add, AvgPool, Lut, Mul, Concat, Dropout)
+                                        Relu, Add, Transpose, Resize, AvgPool, Lut, Mul, Concat, Dropout)
 
 
 class LayerVisitor:

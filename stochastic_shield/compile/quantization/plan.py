@@ -14,9 +14,10 @@ from ...errors import ShieldError
 from ..shield.markers import marker_info, marker_input
 from .calibrate import tensor_bindings
 from .fixed_point import QMAX, QMIN, choose_qparams, quantize_multiplier, quantize_weights_per_channel
+from .int8_ops import RELAX
 from .layers import (Add, Conv2d, Dense, Dequantize, Dropout, Filter, FloatOp, MaxPool, QParams, QuantPlan, Quantize,
-                     Relu, Requantize, Reshape)
-from .plan_rules import RuleMixin, clip_bounds, vars_in, _const, _ints, _is_const, _op_name
+                     Relu, Requantize, Reshape, Resize, Transpose)
+from .plan_rules import RuleMixin, clip_bounds, nearest_repeat_factors, vars_in, _const, _ints, _is_const, _op_name
 
 
 def filter_info(mod, call):
@@ -167,7 +168,8 @@ class _Planner(RuleMixin):
         lo, hi = self.act_codes(qo, act)
         return dict(fields, requant=Requantize(m0, n, qo, lo=lo, hi=hi))
 
-    def residual_add(self, b, x, y) -> bool:
+    def residual_add(self, b, x, y, subtract: bool = False) -> bool:
+        """x + y (or x - y) of two int8 tensors."""
         qx, qy = self.need_int8(x), self.need_int8(y)
         out, act = self.absorb_act(b.var)
         qo = self.qparams_of(out)
@@ -177,8 +179,10 @@ class _Planner(RuleMixin):
         n = int(n[0])
         self.q[out] = qo
         lo, hi = self.act_codes(qo, act)
+        my_q = int(round(my * 2 ** n))
         self.layers.append(Add(out=out, inputs=(x, y), x=qx, y=qy, q=qo, mx=int(round(mx * 2 ** n)),
-                               my=int(round(my * 2 ** n)), n=n, lo=lo, hi=hi, relu=act == (0.0, float("inf"))))
+                               my=-my_q if subtract else my_q, n=n, lo=lo, hi=hi, relu=act == (0.0, float("inf")),
+                               subtract=subtract))
         self.n_quantized += 1
         return True
 
@@ -189,7 +193,8 @@ class _Planner(RuleMixin):
         return True
 
     def passthrough(self, b, x, op: str) -> bool:
-        """Max pool, reshape and ReLU on int8 codes: they commute with the affine map, so qparams carry over."""
+        """Max pool, reshape, transpose, nearest resize and ReLU on int8 codes: they commute with the affine map,
+        so qparams carry over."""
         qx = self.need_int8(x)
         if op == "relax.nn.max_pool2d":
             a = b.value.attrs
@@ -199,6 +204,18 @@ class _Planner(RuleMixin):
                           padding=_ints(a.padding), dilation=_ints(a.dilation), ceil_mode=bool(a.ceil_mode))
         elif op == "relax.nn.relu":
             lay = Relu(out=b.var, inputs=(x,), x=qx)
+        elif op == "relax.broadcast_to" and _ints(b.var.ty.shape) != _ints(x.ty.shape):
+            return False  # a real broadcast repeats values along new axes: fp32
+        elif op == "relax.permute_dims":
+            axes = _ints(b.value.attrs.axes) if b.value.attrs.axes is not None else None
+            if axes is None or axes[0] != 0:
+                return False  # the batch axis must stay first (backends run any batch)
+            lay = Transpose(out=b.var, inputs=(x,), x=qx, axes=axes)
+        elif op == "relax.image.resize2d":
+            factors = nearest_repeat_factors(b.value, x)
+            if factors is None:
+                return False
+            lay = Resize(out=b.var, inputs=(x,), x=qx, factors=factors)
         else:
             lay = Reshape(out=b.var, inputs=(x,), x=qx, shape=_ints(b.var.ty.shape))
         self.q[b.var] = qx
@@ -240,18 +257,21 @@ class _Planner(RuleMixin):
             return self.conv2d(b, args[0], _const(args[1]))
         if op == "relax.matmul" and isinstance(args[0], relax.Var) and _is_const(args[1]):
             return self.dense(b, args[0], _const(args[1]))
-        if op == "relax.add" and all(isinstance(a, relax.Var) for a in args) and all(self.is_int8(a) for a in args):
-            return self.residual_add(b, args[0], args[1])
-        if op == "relax.multiply" and all(isinstance(a, relax.Var) for a in args) and all(self.is_int8(a) for a in args):
-            return self.mul(b, args[0], args[1])
-        if op == "relax.concat":
+        form = RELAX.get(op)  # the table of int8 forms (int8_ops.py), which the pre-check reads too
+        if form is None:
+            return False
+        if form.operands == "two" and all(isinstance(a, relax.Var) and self.is_int8(a) for a in args):
+            if form.layer == "mul":
+                return self.mul(b, args[0], args[1])
+            return self.residual_add(b, args[0], args[1], subtract=op == "relax.subtract")
+        if form.operands == "concat":
             return self.concat(b, args[0])
         x = args[0] if args and isinstance(args[0], relax.Var) else None
         if x is None or not self.is_int8(x):
             return False  # fp32 tensors stay fp32 until a conv/dense needs them
-        if op in ("relax.mean", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d"):
+        if form.operands == "pool":
             return self.avgpool(b, x, op)
-        if op in ("relax.nn.max_pool2d", "relax.reshape", "relax.flatten", "relax.nn.relu"):
+        if form.operands == "pass":
             return self.passthrough(b, x, op)
         return False
 

@@ -9,7 +9,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .elementwise import REGION_OPS, Program, Step, lut_table, per_channel_constant
+from .elementwise import Program, Step, lut_table, per_channel_constant
+from .int8_ops import REGION_OPS
 from .fixed_point import quantize_multiplier
 from .layers import AvgPool, Concat, Lut, Mul
 
@@ -84,6 +85,43 @@ def window_counts(h: int, w: int, pool, strides, padding, include_pad: bool) -> 
         return np.minimum(start + k, size) - np.maximum(start, 0)
 
     return np.outer(covered(oh, sh, kh, top, h), covered(ow, sw, kw, left, w)).astype(np.int64)
+
+
+def _nearest_index(o: np.ndarray, scale: int, size_in: int, mode: str, rounding: str) -> np.ndarray:
+    """ONNX Resize (nearest) input index of output positions O for an integer upscale."""
+    out = size_in * scale
+    if mode == "align_corners":
+        x = o * (size_in - 1) / max(out - 1, 1)
+    elif mode == "asymmetric":
+        x = o / scale
+    else:  # half_pixel, pytorch_half_pixel, tf_half_pixel_for_nn
+        x = (o + 0.5) / scale - (0.0 if mode == "tf_half_pixel_for_nn" else 0.5)
+    if rounding == "floor":
+        i = np.floor(x)
+    elif rounding == "ceil":
+        i = np.ceil(x)
+    elif rounding == "round_prefer_ceil":
+        i = np.floor(x + 0.5)
+    else:  # round, round_prefer_floor
+        i = np.ceil(x - 0.5)
+    return np.clip(i, 0, size_in - 1).astype(np.int64)
+
+
+def nearest_repeat_factors(call, x) -> tuple[int, int] | None:
+    """(fh, fw) when resize2d CALL of X is nearest-neighbour upsampling by integer factors that repeats every
+    element (what int8 Resize computes), else None."""
+    a = call.attrs
+    if str(a.method) != "nearest_neighbor" or str(a.layout) != "NCHW" or len(x.ty.shape) != 4:
+        return None
+    (h, w), (oh, ow) = [int(d) for d in list(x.ty.shape)[2:]], [int(d) for d in list(call.ty.shape)[2:]]
+    if oh % h or ow % w:
+        return None
+    mode, rounding = str(a.coordinate_transformation_mode), str(a.rounding_method)
+    for size_in, scale in ((h, oh // h), (w, ow // w)):
+        o = np.arange(size_in * scale)
+        if not np.array_equal(_nearest_index(o, scale, size_in, mode, rounding), o // scale):
+            return None
+    return oh // h, ow // w
 
 
 class RuleMixin:

@@ -138,6 +138,13 @@ class NumpyReference(LayerVisitor):
         t = ((t + (np.int64(1) << (lay.n - 1))) >> lay.n) + lay.q.zero_point
         self.i8[lay.out] = np.clip(t, lay.lo, lay.hi).astype(np.int8)
 
+    def visit_transpose(self, lay):
+        self.i8[lay.out] = np.ascontiguousarray(self.i8[lay.inputs[0]].transpose(lay.axes))
+
+    def visit_resize(self, lay):
+        fh, fw = lay.factors
+        self.i8[lay.out] = self.i8[lay.inputs[0]].repeat(fh, axis=2).repeat(fw, axis=3)
+
     def visit_avgpool(self, lay):
         x = _pad(self.i8[lay.inputs[0]], lay.padding, lay.x.zero_point).astype(np.int64)
         win = np.lib.stride_tricks.sliding_window_view(x, lay.pool_size, axis=(2, 3))
