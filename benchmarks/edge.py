@@ -10,6 +10,7 @@ each answer is one line on stdout starting with "@@ " (anything else a runtime p
   {"op": "outputs", "key", "images", "out"}       -> logits of each image (batch 1) saved as OUT (.npy)
   {"op": "time", "key", "min_s", "images"}        -> {"python_ms"}: mean per call over >= MIN_S s of calls
   {"op": "runtime", "key", "min_s", "images"}     -> {"runtime_ms", "how"}: time inside the runtime, or null
+  {"op": "profile", "key", "images"}              -> {"kernels_ms"}: ours only, ms per kernel of one call
 Each engine is called as its users call it from Python, on a float32 image in [0, 1], batch 1: ours
 Deployment.predict_logits (mc_logits with a fresh seed when shielded), ONNX Runtime session.run, ExecuTorch
 method.execute, LiteRT set_tensor + invoke + get_tensor (a LiteRT model with an int8 input is fed an image
@@ -29,9 +30,14 @@ THREADS = int(sys.argv[1]) if len(sys.argv) > 1 and __name__ == "__main__" else 
 
 class Ours:
     def __init__(self, path: str, T: int | None):
+        import inspect
+
         from stochastic_shield.runtime_py.runner import Deployment
 
-        self.dep = Deployment(path).__enter__()
+        # THREADS as a user asks for them (Deployment(threads=N)); before that existed, TVM_NUM_THREADS (set by
+        # benchmarks/speed.py in this worker's environment) sized the pool
+        kw = {"threads": THREADS} if "threads" in inspect.signature(Deployment).parameters else {}
+        self.dep = Deployment(path, **kw).__enter__()
         self.T = T
         self.shape = tuple(self.dep.artifact.input_shape)
 
@@ -48,6 +54,39 @@ class Ours:
         number = max(1, int(min_s / 5 / (one / 1e3)))
         r = self.dep.time(TimingSpec(number=number, repeat=5, warmup=1), T=self.T or 1)
         return r["median_ms"], "TVM VM time_evaluator (Deployment.time), median of 5 repeats"
+
+
+    def profile(self, x, repeats: int = 5) -> dict:
+        """Time per kernel of one call (the VM's instrument hook around each packed call), summed by kernel name,
+        median over REPEATS calls (a call the OS preempts does not count). The hook costs some microseconds per
+        call, so shares are what to read, not the sum."""
+        import tvm
+
+        calls, start = [], {}
+
+        def hook(func, symbol, before, ret, *args):
+            now = time.perf_counter()
+            if before:
+                start[symbol] = now
+            elif symbol in start:
+                calls[-1][str(symbol)] = calls[-1].get(str(symbol), 0.0) + now - start.pop(symbol)
+            return 0
+
+        fn = self.dep.artifact.mc_function(self.T) if self.T else "main"
+        args = [tvm.runtime.tensor(x, device=self.dep.dev)]
+        if self.T:
+            from stochastic_shield.rng import seed_to_rng
+
+            args.append(tvm.runtime.tensor(seed_to_rng(0), device=self.dep.dev))
+        self.dep.vm[fn](*args)
+        self.dep.vm.set_instrument(hook)
+        try:
+            for _ in range(repeats):
+                calls.append({})
+                self.dep.vm[fn](*args)
+        finally:
+            self.dep.vm.set_instrument(lambda *a: 0)
+        return {k: float(np.median([c.get(k, 0.0) for c in calls])) * 1e3 for k in calls[0]}
 
 
 class Ort:
@@ -211,6 +250,8 @@ def _handle(cmd: dict, engines: dict, images: dict) -> dict:
             xf = e.feed(x)
             return {"python_ms": _mean_ms(lambda: e.call_fed(xf), cmd["min_s"])}
         return {"python_ms": _mean_ms(lambda: e.call(x), cmd["min_s"])}
+    if op == "profile":
+        return {"kernels_ms": e.profile(x)}
     if op == "runtime":
         ms, how = e.runtime(x, cmd["min_s"])
         return {"runtime_ms": ms, "how": how}

@@ -129,7 +129,7 @@ def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
     return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(ref ** 2)) / noise)
 
 
-def measure_model(name: str, args, peak: dict) -> dict:
+def measure_model(name: str, args) -> dict:
     """Every engine of model NAME at every thread count: outputs scored, rounds interleaved, runtime times."""
     folder = Path(args.work) / name
     info = speed_models.prepare(name, folder)
@@ -194,6 +194,9 @@ def measure_model(name: str, args, peak: dict) -> dict:
             a = workers[(engines[key][1], t)].ask(op="runtime", key=key, min_s=2 * args.min_round_s,
                                                  images=str(folder / "eval.npy"))
             rows[(key, t)].update(runtime_ms=a.get("runtime_ms"), runtime_how=a.get("how", a.get("error")))
+            if key == "ours":
+                rows[(key, t)]["kernels_ms"] = workers[("main", t)].ask(op="profile", key=key,
+                                                                        images=str(folder / "eval.npy")).get("kernels_ms")
     finally:
         for w in workers.values():
             w.close()
@@ -203,11 +206,27 @@ def measure_model(name: str, args, peak: dict) -> dict:
             r["median_ms"] = float(np.median(r["python_ms"]))
             r["min_ms"] = float(np.min(r["python_ms"]))
             r["gmacs"] = info["macs"] / (r["median_ms"] * 1e6)   # one pass's MACs (a shield: its T per call)
-            p = (peak.get("gmacs") or {}).get(str(t))
-            r["peak_share"] = r["gmacs"] / p if p else None
         out_rows.append(r)
-    return {"info": info, "conversions": conv, "rows": out_rows, "loadavg_rounds": loads if rows else [],
+    return {"info": info, "commit": _git_head(), "conversions": conv, "rows": out_rows, "loadavg_rounds": loads if rows else [],
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def profile_missing(name: str, m: dict, args, first_commit: str) -> bool:
+    """Add the per-kernel profile to our rows of a finished model that has none (measured before profiles were),
+    from the artifact its timings came from; True if any was added."""
+    todo = [r for r in m["rows"] if r["engine"] == "ours" and "median_ms" in r and "kernels_ms" not in r]
+    folder = Path(args.work) / name
+    art = folder / f"ours_{m.get('commit', first_commit)}"
+    if not todo or not (art / "manifest.json").exists():
+        return False
+    for r in todo:
+        w = Worker(sys.executable, r["threads"], folder / f"worker_main_{r['threads']}.log")
+        try:
+            if "error" not in w.ask(op="load", key="ours", engine="ours", path=str(art)):
+                r["kernels_ms"] = w.ask(op="profile", key="ours", images=str(folder / "eval.npy")).get("kernels_ms")
+        finally:
+            w.close()
+    return True
 
 
 def edge_versions() -> dict:
@@ -238,12 +257,14 @@ def run(args) -> dict:
                                           "machine": machine, "commit": _git_head()}]
     res["versions"] = dict(versions(), edge=edge_versions())
     res["settings"] = {"rounds": args.rounds, "min_round_s": args.min_round_s, "threads": args.threads,
-                       "calib_images": speed_models.CALIB, "eval_images": speed_models.EVAL, "shield": SHIELD}
+                       "calib_images": speed_models.CALIB, "order": list(speed_models.MODELS), "eval_images": speed_models.EVAL, "shield": SHIELD}
     res["peak"] = res.get("peak") if res.get("peak") and not args.fresh else measure(args.threads)
     for name in args.models:
         if name in res["models"] and "finished" in res["models"][name]:
+            if profile_missing(name, res["models"][name], args, res["runs"][0]["commit"]):
+                write_json(out, res)
             continue
-        res["models"][name] = measure_model(name, args, res["peak"])
+        res["models"][name] = measure_model(name, args)
         res["runs"][-1]["loadavg_end"] = list(os.getloadavg())
         write_json(out, res)
     from benchmarks import speed_report

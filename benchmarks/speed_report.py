@@ -1,6 +1,7 @@
 """Tables and the plot of the peer speed benchmark (benchmarks/speed.py) from its results JSON.
 
-benchmarks/tables.py renders these into docs/speed.md (speed.python, speed.runtime, speed.accuracy, speed.shield);
+benchmarks/tables.py renders these into docs/speed.md (speed.python, speed.runtime, speed.accuracy, speed.shield,
+speed.where);
 `python benchmarks/speed_report.py [results.json]` prints them and redraws the plot.
 """
 from __future__ import annotations
@@ -19,6 +20,13 @@ def _table(head: list[str], rows: list[list], align: str | None = None) -> str:
     align = align or "l" + "r" * (len(head) - 1)
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " if a == "l" else " ---: " for a in align) + "|"]
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def _models(res: dict) -> list[dict]:
+    """The models in the benchmark's order (the results file's keys are sorted)."""
+    order = res["settings"].get("order", [])
+    keys = sorted(res["models"], key=lambda k: (order.index(k) if k in order else len(order), k))
+    return [res["models"][k] for k in keys]
 
 
 def _rows(m: dict) -> dict:
@@ -54,25 +62,33 @@ def ratio(m: dict, threads: int, peers=EDGE_PEERS) -> tuple[float | None, str | 
     return ours / ms, who
 
 
+def peak_gmacs(res: dict, threads: int) -> float | None:
+    """This CPU's int8 peak at THREADS: THREADS times the one-core peak (a loaded machine measures 2 cores low)."""
+    one = (res["peak"].get("gmacs") or {}).get("1")
+    return one * threads if one else None
+
+
 def _note(res: dict) -> str:
-    run = res["runs"][-1]
+    run = res["runs"][0]   # the run that started the file (a resumed run appends itself)
     mach, s = run["machine"], res["settings"]
-    loads = [la[0] for m in res["models"].values() for la in m.get("loadavg_rounds", [])]
+    loads = [la[0] for m in _models(res) for la in m.get("loadavg_rounds", [])]
     v, e = res["versions"], res["versions"].get("edge", {}).get("run", {})
     peak = res["peak"]
-    per = ", ".join(f"{g:g} GMAC/s at {t} thread{'s' * (t != '1')}" for t, g in (peak.get("gmacs") or {}).items())
-    peak_txt = f"int8 peak {per} ({peak['instruction']}, benchmarks/int8_peak.py)" if per else "int8 peak n/a"
+    core = peak_gmacs(res, 1)
+    commits = ", ".join(sorted({m.get("commit", run["commit"]) for m in _models(res)}))
+    peak_txt = (f"int8 peak {core:g} GMAC/s per core ({peak['instruction']} measured on one core by "
+                f"benchmarks/int8_peak.py; N threads: N times that)" if core else "int8 peak n/a")
     return (f"_{mach['cpu']}, {mach['usable_cores']} cores, batch 1; median of {s['rounds']} interleaved rounds of "
             f"{s['min_round_s']:g} s per engine and thread count; 1-min load average {min(loads):.1f}-{max(loads):.1f} "
             f"during the rounds; {peak_txt}; TVM {v.get('apache-tvm')}, LiteRT {e.get('ai-edge-litert')}, ExecuTorch "
-            f"{e.get('executorch')}, ONNX Runtime {e.get('onnxruntime')}; commit {run['commit']}, "
+            f"{e.get('executorch')}, ONNX Runtime {e.get('onnxruntime')}; commit {commits}, "
             f"{run['started'][:16].replace('T', ' ')} UTC._")
 
 
 def python_table(res: dict) -> str:
     """ms per call from Python per model and thread count, and ours / the faster of LiteRT and ExecuTorch."""
     out, fails = [], {}
-    for name, m in res["models"].items():
+    for m in _models(res):
         rows = _rows(m)
         for t in res["settings"]["threads"]:
             r, who = ratio(m, t)
@@ -92,7 +108,7 @@ def python_table(res: dict) -> str:
 def runtime_table(res: dict) -> str:
     """From Python against inside the runtime, and GMAC/s with the share of the int8 peak."""
     out = []
-    for m in res["models"].values():
+    for m in _models(res):
         rows = _rows(m)
         for t in res["settings"]["threads"]:
             cells = [m["info"]["label"], t, f"{m['info']['macs'] / 1e6:.1f}"]
@@ -102,7 +118,8 @@ def runtime_table(res: dict) -> str:
                     cells.append("-")
                     continue
                 rt = r.get("runtime_ms")
-                share = r.get("peak_share")
+                p = peak_gmacs(res, t)
+                share = r["gmacs"] / p if p else None
                 cells.append(f"{_ms(r)} / {'n/a' if rt is None else _ms({'median_ms': rt})}; {r['gmacs']:.1f} "
                              f"({'-' if share is None else f'{100 * share:.1f}%'})")
             out.append(cells)
@@ -115,7 +132,7 @@ def runtime_table(res: dict) -> str:
 def accuracy_table(res: dict) -> str:
     """Top-1 agreement with PyTorch fp32 and SQNR (dB) of each int8 engine on the same images."""
     out = []
-    for m in res["models"].values():
+    for m in _models(res):
         rows = _rows(m)
         t = res["settings"]["threads"][0]
         cells = [m["info"]["label"]]
@@ -133,7 +150,7 @@ def accuracy_table(res: dict) -> str:
 def shield_table(res: dict) -> str:
     """The shield's T passes against one plain int8 pass, from Python."""
     out = []
-    for m in res["models"].values():
+    for m in _models(res):
         rows = _rows(m)
         for t in res["settings"]["threads"]:
             plain, t1, t32 = (rows.get((k, t), {}).get("median_ms") for k in
@@ -148,8 +165,48 @@ def shield_table(res: dict) -> str:
               f"Deployment.mc_logits with a fresh seed per call, timed in the same rounds._")
 
 
+def kernel_group(name: str) -> str:
+    """The kind of a kernel the VM calls, from its name."""
+    if name.startswith("vm.builtin"):
+        return "VM builtins"
+    for key, group in (("packed_conv", "packed conv"), ("packed_dense", "packed dense"), ("conv2d", "generic conv"),
+                       ("dropout", "dropout"), ("matmul", "generic dense"), ("dense", "generic dense"),
+                       ("pack", "layout")):
+        if key in name:
+            return group
+    return "other"
+
+
+def where_table(res: dict) -> str:
+    """Where our call's time goes, per model at the first thread count: shares by kind, the largest kernels."""
+    t = res["settings"]["threads"][0]
+    out = []
+    for m in _models(res):
+        r = _rows(m).get(("ours", t), {})
+        k = r.get("kernels_ms")
+        if not k:
+            continue
+        total = sum(k.values())
+        groups = {}
+        for name, ms in k.items():
+            groups[kernel_group(name)] = groups.get(kernel_group(name), 0.0) + ms
+        ratio_, who = ratio(m, t)
+        top = sorted(k.items(), key=lambda kv: -kv[1])[:3]
+        out.append([m["info"]["label"], "-" if ratio_ is None else f"{ratio_:.2f}x",
+                    ", ".join(f"{g} {100 * v / total:.0f}%" for g, v in sorted(groups.items(), key=lambda kv: -kv[1])
+                              if v / total >= 0.01),
+                    ", ".join(f"`{n if len(n) <= 24 else n[:23] + '…'}` {_ms({'median_ms': v})} ms" for n, v in top)])
+    return (_table(["model", "ours / best edge peer", "our call's time by kernel kind", "largest kernels"], out,
+                   "lrll")
+            + f"\n\n_{t} thread; each packed call of one `main` timed by the VM's instrument hook (median of 5 calls; "
+              f"the hook adds microseconds per call, so read the shares). packed: the int8 dot-product kernels; "
+              f"generic conv: TVM's default int8 conv2d (no packed kernel for that layer); layout: packing and unpacking "
+              f"between the packed kernels' blocked layout and plain tensors._")
+
+
 def markdown(res: dict) -> str:
-    return "\n\n".join([python_table(res), runtime_table(res), accuracy_table(res), shield_table(res)])
+    return "\n\n".join([python_table(res), runtime_table(res), accuracy_table(res), shield_table(res),
+                         where_table(res)])
 
 
 def plot(res: dict, path: Path) -> None:
@@ -158,8 +215,9 @@ def plot(res: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 - matplotlib.ticker below
 
-    models = list(res["models"].values())
+    models = list(_models(res))
     threads = res["settings"]["threads"]
     fig, ax = plt.subplots(figsize=(9, 0.5 * len(models) * len(threads) + 1.5))
     y, labels = 0, []
@@ -175,6 +233,8 @@ def plot(res: dict, path: Path) -> None:
     ax.set_yticks(range(y), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("ours / fastest of LiteRT and ExecuTorch, ms per call from Python (log; < 1: ours faster)")
     ax.set_title("int8, batch 1, one interleaved run on this host")
     fig.tight_layout()

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.speed_report import accuracy_table, python_table, runtime_table, shield_table, where_table
 from benchmarks.tables_callpath import callpath
 from benchmarks.tables_common import Table
 from benchmarks.tables_compile import (
@@ -61,6 +62,11 @@ TABLES: dict[str, Table] = {
     "speed.shipped": Table("speed_shipped.json", speed_shipped),
     "kernels.where": Table("kernels.json", kernels_where),
     "callpath": Table("callpath.json", callpath),
+    "speed.python": Table("speed.json", python_table),
+    "speed.runtime": Table("speed.json", runtime_table),
+    "speed.accuracy": Table("speed.json", accuracy_table),
+    "speed.shield": Table("speed.json", shield_table),
+    "speed.where": Table("speed.json", where_table),
 }
 
 # ---------------------------------------------------------------- rewriting and checking the pages
