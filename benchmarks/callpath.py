@@ -8,7 +8,7 @@ On the shipped model (int8, untuned, host), side by side in one process, rounds 
   threads              the int8 model at batch 32 with ``Deployment(threads=1)`` and ``threads=2``
 Ratios: each Python call to the VM time of the same function; the shield's mc_T to one pass (the
 int8 model's main, in runtime). ``--baseline-shield DIR`` adds another shielded artifact (e.g. one
-compiled by an older commit) to the same rounds. Writes JSON and prints a Markdown table; asserts nothing.
+compiled by an older commit: the committed run has the 32-bit keep words before 8-bit masks) to the same rounds. Writes JSON and prints a Markdown table; asserts nothing.
 
     python benchmarks/callpath.py [--rounds 15] [--out benchmarks/results/callpath.json]
 """
@@ -138,6 +138,8 @@ def run(rounds: int, min_s: float, work: Path, baseline: Path | None) -> dict:
     ratios_best = {"predict_logits / VM": best["predict_logits"] / best["VM in runtime"],
                    "mc_logits T=32 / mc_T32": best["mc_logits T=32"] / best["mc_T32 in runtime"],
                    "mc_T32 / one pass": best["mc_T32 in runtime"] / best["VM in runtime"]}
+    if "baseline mc_T32 in runtime" in best:
+        ratios_best["baseline mc_T32 / one pass"] = best["baseline mc_T32 in runtime"] / best["VM in runtime"]
     # the same ratio per round (both measured within the round): how much of it is noise
     per_round = {"predict_logits / VM": [p / v for p, v in zip(times["predict_logits"], times["VM in runtime"])]}
     return {"median_us": med, "ratios": ratios, "ratios_of_fastest_rounds": ratios_best, "times_us": times, "per_round_ratios": per_round,

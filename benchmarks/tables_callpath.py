@@ -16,6 +16,9 @@ def callpath(res: dict) -> str:
                      f"{r[f'mc_T{T} / one pass']:.2f}"])
         rows.append([f"`mc_logits`, T={T}", f"{med[f'mc_logits T={T}']:.1f}", f"{r[f'mc_logits T={T} / mc_T{T}']:.2f}",
                      "-"])
+    if "baseline mc_T32 in runtime" in med:
+        rows.append(["`mc_T32` in runtime, 32-bit keep words (before 8-bit masks)",
+                     f"{med['baseline mc_T32 in runtime']:.1f}", "1.00", f"{r['baseline mc_T32 / one pass']:.2f}"])
     m, la = res["machine"], res["loadavg_rounds"]
     return (_table(["call (shipped model, int8, batch 1)", "us per call", "/ VM time of the same function",
                     "/ one pass"], rows)

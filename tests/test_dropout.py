@@ -1,8 +1,9 @@
 """MC dropout: Philox-4x32-10 known answers, compiled kernel == numpy reference bit for bit, mask statistics.
 
-Statistical bounds assume independent fair draws and use 5 sigma (two-sided false-alarm rate
-about 6e-7 per check): a keep count k of n draws is Binomial(n, 1 - p), so |k - n(1 - p)| is
-checked against 5 * sqrt(n p (1 - p)); a Pearson correlation of n independent pairs has
+Keep decisions are 8-bit uniforms, four per Philox word, so the rate drawn is p rounded to a multiple
+of 1/256 (mask_rate). Statistical bounds assume independent fair draws and use 5 sigma (two-sided
+false-alarm rate about 6e-7 per check): a keep count k of n draws is Binomial(n, 1 - q) with q the
+rate drawn, so |k - n(1 - q)| is checked against 5 * sqrt(n q (1 - q)); a Pearson correlation of n independent pairs has
 standard deviation about 1 / sqrt(n), so |r| is checked against 5 / sqrt(n). The draws are
 deterministic (fixed seeds), so a pass is reproducible, not flaky.
 """
@@ -20,10 +21,14 @@ from stochastic_shield.compile.shield.dropout import (
     apply_mc_dropout,
     dropout_keep_mask,
     keep_threshold,
+    mask_bytes,
+    mask_rate,
     mc_dropout_primfunc,
     mc_dropout_reference,
     seed_to_rng,
+    site_rate,
 )
+from stochastic_shield.errors import ShieldError
 from stochastic_shield.compile.shield.philox import philox4x32_10, philox_primfunc, philox_tir
 
 TARGET = {"kind": "llvm"}
@@ -74,6 +79,7 @@ RESTS = ((128,), (32, 7, 7))
 CASES = [Case(d, r, p) for d in ("int8", "float32") for r in RESTS for p in PS]
 CASES.append(Case("int8", (5, 3, 5), 0.5))  # 75 elements: the last Philox block is only partly used
 SINGLE = [Case(d, (32, 7, 7), 0.5, T=1) for d in ("int8", "float32")]  # one sample per call
+SINGLE += [Case("int8", (32, 7, 7), 0.5, T=t, B=1) for t in (8, 32)]  # the first passes of a larger T
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +124,7 @@ def _kept(vm, case: Case, rng: np.ndarray) -> np.ndarray:
 
 def _case(dtype="int8", rest=(32, 7, 7), p=0.5, T=T_SAMPLES) -> Case:
     """The compiled Case with these parameters."""
-    case = Case(dtype, rest, p, T=T)
+    case = Case(dtype, rest, p, T=T, B=B_IMAGES if T in (1, T_SAMPLES) else 1)
     assert case in CASES + SINGLE
     return case
 
@@ -161,14 +167,27 @@ def test_compiled_kernel_equals_numpy_reference(vm, case):
 
 
 def test_reference_mask_follows_the_counter_layout():
-    # Element e of sample s: word e % 4 of Philox((e // 4, s, layer, 0), (seed_lo, seed_hi)).
+    # Element e of sample s: byte e % 4 of word (e % 16) // 4 of Philox((e // 16, s, layer, 0), (seed_lo, seed_hi)).
     seed, offset, p = 2**40 + 3, 2**32 - 1, 0.5
-    mask = dropout_keep_mask((10,), 2, seed, offset, LAYER, p)
+    mask = dropout_keep_mask((40,), 2, seed, offset, LAYER, p)
+    drawn = mask_bytes((40,), 2, seed, offset, LAYER)
     for t in range(2):
-        for e in (0, 3, 4, 9):
-            counter = np.array([e // 4, (offset + t) % 2**32, LAYER, 0], dtype=np.uint32)
-            word = philox4x32_10(counter, np.array([3, 2**8], dtype=np.uint32))[e % 4]
-            assert mask[t, e] == (word >= keep_threshold(p))
+        for e in (0, 1, 3, 4, 7, 15, 16, 33, 39):
+            counter = np.array([e // 16, (offset + t) % 2**32, LAYER, 0], dtype=np.uint32)
+            word = int(philox4x32_10(counter, np.array([3, 2**8], dtype=np.uint32))[(e % 16) // 4])
+            byte = (word >> (8 * (e % 4))) & 0xFF
+            assert drawn[t, e] == byte and mask[t, e] == (byte >= keep_threshold(p)) == (byte >= 128)
+
+
+def test_the_masks_of_pass_t_do_not_depend_on_T(vm):
+    """What the uncertainty benchmark relies on: the first 8 passes of a T=32 call are a T=8 call's passes."""
+    t8, t32 = _case(T=8), _case(T=32)
+    x = _input(t32)
+    for seed, offset in [(11, 0), (2**64 - 1, 2**32 - 5)]:  # an offset that wraps 2^32 inside the passes
+        rng = seed_to_rng(seed, offset)
+        np.testing.assert_array_equal(_run(vm, t32, x, rng)[:8], _run(vm, t8, np.ascontiguousarray(x[:8]), rng))
+        np.testing.assert_array_equal(mask_bytes((100,), 32, seed, offset, LAYER)[:8],
+                                      mask_bytes((100,), 8, seed, offset, LAYER))
 
 
 def test_batched_call_equals_single_sample_calls(vm):
@@ -198,8 +217,10 @@ def test_float32_scales_kept_values_by_inverse_keep_probability(vm):
     x = _input(case)
     out = _run(vm, case, x, RNGS[1])
     mask = np.tile(dropout_keep_mask(case.rest, case.T, 2**63 + 12345, 7, LAYER, case.p), (case.B, 1, 1, 1))
-    np.testing.assert_array_equal(out[mask], x[mask] * np.float32(1 / (1 - 0.9)))
-    np.testing.assert_allclose(out[mask], x[mask] / 0.1, rtol=1e-6)
+    q = mask_rate(0.9)  # 230 / 256: the rate drawn, and the one the kept values are rescaled by
+    assert q == 230 / 256
+    np.testing.assert_array_equal(out[mask], x[mask] * np.float32(1 / (1 - q)))
+    np.testing.assert_allclose(out[mask], x[mask] * 256 / 26, rtol=1e-6)
     assert (out[~mask] == 0).all()
 
 
@@ -213,11 +234,24 @@ def test_p_zero_keeps_everything(vm):
 # Statistics of the compiled masks --------------------------------------------------------------
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
-def test_keep_rate_is_one_minus_p_within_five_sigma(vm, p):
+def test_keep_rate_is_one_minus_the_rounded_p_within_five_sigma(vm, p):
     case = _case("int8", p=p)
-    kept = np.concatenate([_kept(vm, case, seed_to_rng(s)).ravel() for s in STAT_SEEDS])
+    kept = np.stack([_kept(vm, case, seed_to_rng(s)) for s in STAT_SEEDS])  # [seeds, T, N]
+    q = mask_rate(p)
     n = kept.size  # T * N independent draws per seed (the B images share them)
-    assert abs(kept.sum() - n * (1 - p)) <= 5 * math.sqrt(n * p * (1 - p))
+    assert abs(kept.sum() - n * (1 - q)) <= 5 * math.sqrt(n * q * (1 - q))
+    # every byte of a word (e % 4) and every word of a Philox block (e % 16 // 4) keeps at the same rate
+    for lane in range(16):
+        k = kept[..., lane::16]
+        assert abs(k.sum() - k.size * (1 - q)) <= 5 * math.sqrt(k.size * q * (1 - q)), f"lane {lane}"
+
+
+def test_bytes_are_uniform_over_256_values():
+    """Chi-square of 2^20 bytes over the 256 values: 255 degrees of freedom, mean 255, sd sqrt(510); 5 sigma."""
+    counts = np.bincount(mask_bytes((4096,), 256, 123, 0, LAYER).ravel(), minlength=256)
+    e = counts.sum() / 256
+    chi2 = ((counts - e) ** 2 / e).sum()
+    assert abs(chi2 - 255) <= 5 * math.sqrt(2 * 255)
 
 
 def test_masks_differ_across_samples_and_seeds_and_repeat_for_the_same_rng(vm):
@@ -247,7 +281,8 @@ def test_no_correlation_between_neighbours_or_consecutive_samples(vm, p):
     kept = np.stack([_kept(vm, case, seed_to_rng(s)) for s in STAT_SEEDS])  # [seeds, T, N]
     checks = {
         "lag 1 in a row": (kept[..., :-1], kept[..., 1:]),
-        "lag 4 in a row (adjacent counters)": (kept[..., :-4], kept[..., 4:]),
+        "lag 4 in a row (adjacent words)": (kept[..., :-4], kept[..., 4:]),
+        "lag 16 in a row (adjacent counters)": (kept[..., :-16], kept[..., 16:]),
         "sample t vs t + 1": (kept[:, :-1], kept[:, 1:]),
     }
     for what, (a, b) in checks.items():
@@ -257,11 +292,15 @@ def test_no_correlation_between_neighbours_or_consecutive_samples(vm, p):
 
 # Arguments ---------------------------------------------------------------------------------------
 
-def test_keep_threshold_is_round_p_times_2_to_32():
+def test_keep_threshold_is_round_p_times_256_and_sites_state_the_rate_drawn():
     assert keep_threshold(0.0) == 0
-    assert keep_threshold(0.5) == 2**31
-    assert keep_threshold(0.1) == round(0.1 * 2**32) == 429496730
-    assert keep_threshold(1 - 2**-40) == 2**32 - 1  # clipped to stay a uint32
+    assert keep_threshold(0.5) == 128 and keep_threshold(0.25) == 64  # exact steps stay exact
+    assert keep_threshold(0.1) == round(0.1 * 256) == 26 and mask_rate(0.1) == 26 / 256
+    assert keep_threshold(1 - 2**-40) == 255  # clipped: some elements are kept
+    assert site_rate(0.3, "fc1") == {"p": 77 / 256, "p_requested": 0.3}
+    assert site_rate(0.0, "fc1") == {"p": 0.0, "p_requested": 0.0}
+    with pytest.raises(ShieldError, match="rounds to 0"):
+        site_rate(0.001, "fc1")
 
 
 def test_seed_to_rng_splits_the_seed():

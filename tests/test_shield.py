@@ -51,7 +51,8 @@ def test_dropout_sites_from_the_model_and_by_name(shipped):
     m, sites = insert_mc_dropout(model, parse_shield("dropout=model; T=1"))
     assert [(s["at"], s["p"]) for s in sites] == [("drop1", 0.25), ("drop2", 0.25)]  # the model's own rate
     m, sites = insert_mc_dropout(model, parse_shield("dropout=conv2:0.1,fc1:0.3; T=1"))
-    assert isinstance(m.conv2[1], MCDropout) and m.fc1[1].p == 0.3 and [s["layer_id"] for s in sites] == [0, 1]
+    assert isinstance(m.conv2[1], MCDropout) and m.fc1[1].p == 77 / 256 and [s["layer_id"] for s in sites] == [0, 1]
+    assert [(s["p"], s["p_requested"]) for s in sites] == [(26 / 256, 0.1), (77 / 256, 0.3)]  # 1/256 steps
     assert not isinstance(model.conv2, torch.nn.Sequential)  # the original is untouched
     with pytest.raises(ShieldError, match="no such layer"):
         insert_mc_dropout(model, parse_shield("dropout=conv9:0.1; T=1"))
@@ -194,4 +195,5 @@ def test_shield_config_is_recorded_in_the_manifest(shielded):
     m = json.loads((shielded[0] / "manifest.json").read_text())
     assert m["shield"]["filter"] == "median:3" and m["shield"]["T"] == [1, 8]
     assert sorted(m["functions"]) == ["mc_T1", "mc_T8"]
-    assert [s["p"] for s in m["shield"]["sites"]] == [0.2, 0.2]
+    # the rate the masks draw (0.2 rounded to 51/256) and the one asked for
+    assert [(s["p"], s["p_requested"]) for s in m["shield"]["sites"]] == [(51 / 256, 0.2)] * 2

@@ -11,6 +11,7 @@ import copy
 
 from ..errors import ShieldError
 from .shield.config import MODEL, ShieldConfig
+from .shield.dropout import site_rate
 from .shield.markers import MarkerInfo, emit_marker
 
 SHIELD_OP = "ShieldMCDropout"
@@ -46,10 +47,11 @@ def _insert_sites(model, config: ShieldConfig | None):
                     ratio = next((a.f for a in node.attribute if a.name == "ratio"), 0.5)
                     p = float(ratio)
                 at = node.name or node.output[0]
-                mark, p_init = _site_node(helper, node.input[0], node.output[0], layer_id, p)
+                rate = site_rate(p, at)
+                mark, p_init = _site_node(helper, node.input[0], node.output[0], layer_id, rate["p"])
                 node.CopyFrom(mark)
                 graph.initializer.append(p_init)
-                sites.append({"layer_id": layer_id, "at": at, "p": p, "channel": site.channel})
+                sites.append({"layer_id": layer_id, "at": at, **rate, "channel": site.channel})
                 layer_id += 1
             continue
         node = next((n for n in graph.node if site.after in (n.name, *n.output)), None)
@@ -65,10 +67,11 @@ def _insert_sites(model, config: ShieldConfig | None):
         for o in graph.output:
             if o.name == out:
                 o.name = new_out
-        drop, p_init = _site_node(helper, out, new_out, layer_id, float(site.p))
+        rate = site_rate(site.p, f"after {site.after}")
+        drop, p_init = _site_node(helper, out, new_out, layer_id, rate["p"])
         graph.node.insert(list(graph.node).index(node) + 1, drop)
         graph.initializer.append(p_init)
-        sites.append({"layer_id": layer_id, "at": f"after {site.after}", "p": site.p, "channel": site.channel})
+        sites.append({"layer_id": layer_id, "at": f"after {site.after}", **rate, "channel": site.channel})
         layer_id += 1
     if sites:
         graph.initializer.append(helper.make_tensor(f"{_SITE}train", TensorProto.BOOL, [], [True]))

@@ -2,20 +2,25 @@
 
 TVM has no random operator, and a board running MC dropout should hold no RNG state. Every
 keep decision is therefore a pure function of (seed, sample index, layer id, element index),
-drawn from the counter-based generator Philox-4x32-10 (``philox.py``):
+drawn from the counter-based generator Philox-4x32-10 (``philox.py``) as an 8-bit uniform:
 
   key     = (seed_lo, seed_hi)                       # rng[0], rng[1]: the 64-bit seed
-  counter = (e // 4, s, layer_id, 0)                 # one Philox call serves 4 elements
-  word    = Philox(counter, key)[e % 4]
-  keep    = word >= round(p * 2^32)                  # integer comparison only
+  counter = (e // 16, s, layer_id, 0)                # one Philox call serves 16 elements
+  word    = Philox(counter, key)[(e % 16) // 4]
+  byte    = (word >> 8 * (e % 4)) & 0xFF             # four 8-bit uniforms per 32-bit word
+  keep    = byte >= round(p * 256)                   # integer comparison only
 
-where e is the element's flat index within its row (channel-wise dropout: its channel, the index on
+so a rate is drawn in steps of 1/256: the requested p is rounded to the nearest step when the
+dropout sites are placed (``mask_rate``; the manifest records p, the rate drawn, and p_requested),
+and everything after (the 1 / (1 - p) rescale, the replica, the references) uses the rounded p.
+e is the element's flat index within its row (channel-wise dropout: its channel, the index on
 axis 1, so a whole feature map is kept or dropped) and s = sample_offset + t (mod 2^32) is the
 MC sample index. The input rows are grouped as R = B * T: row r is image r // T, sample t = r % T.
 The sample index does not depend on the image, so every image of a batch sees the same T masks,
-and a call with T=1 and sample_offset=t reproduces row t of a T-row call. The runtime input
-``rng = uint32[3] (seed_lo, seed_hi, sample_offset)`` is the only source of randomness: the same
-rng gives the same output on any board, in any order, with any parallel schedule.
+and a call with T=1 and sample_offset=t reproduces row t of a T-row call: the mask of pass t does
+not depend on T. The runtime input ``rng = uint32[3] (seed_lo, seed_hi, sample_offset)`` is the
+only source of randomness: the same rng gives the same output on any board, in any order, with any
+parallel schedule.
 
   rng = seed_to_rng(seed, sample_offset)
   y = apply_mc_dropout(bb, x, rng_var, T=8, p=0.1, layer_id=3, zero_point=zp)   # Relax call_tir
@@ -31,16 +36,21 @@ from tvm.script.ir_builder import IRBuilder
 # The TIR builder is "tb", not "T": T is the number of MC samples throughout this module.
 from tvm.script.ir_builder import tirx as tb
 
+from ...errors import ShieldError
 from ...rng import seed_to_rng  # noqa: F401 - the kernel's RNG input, importable from here too
 from .philox import add_u32, philox4x32_10, philox_tir
 
 MC_DROPOUT_DTYPES = ("int8", "uint8", "float32")  # uint8: int8 codes + 128, as the packed VNNI kernels keep them
 _ATTR = "shield.mc_dropout"  # (T, p, layer_id, zero_point, repeat, channelwise) of a kernel, read back by pack_int8.py
-_WORDS = 4  # uint32 words per Philox block, hence elements per counter
+_WORDS = 4  # uint32 words per Philox block (dither.py draws one value per word)
+MASK_BITS = 8  # a keep decision is an 8-bit uniform
+MASK_LEVELS = 1 << MASK_BITS  # rates are drawn in steps of 1 / 256
+_BYTES = 32 // MASK_BITS  # keep decisions per word
+_ELEMS = _WORDS * _BYTES  # keep decisions per Philox call
 
 
 def keep_threshold(p: float) -> int:
-    """The uint32 threshold of drop probability P: an element is kept iff its random word >= it.
+    """The 8-bit threshold of drop probability P: an element is kept iff its random byte >= it.
 
     Parameters
     ----------
@@ -50,40 +60,78 @@ def keep_threshold(p: float) -> int:
     Returns
     -------
     int
-        ``round(p * 2^32)``, so P(keep) = 1 - threshold / 2^32 is within 2^-33 of 1 - p. For p so
-        close to 1 that this rounds to 2^32 it is clipped to 2^32 - 1 to stay a uint32.
+        ``round(p * 256)``, clipped to 255 so that some elements are kept: the rate drawn is
+        threshold / 256 (``mask_rate``), within 1/512 of P.
     """
     p = float(p)
     if not 0.0 <= p < 1.0:
         raise ValueError(f"drop probability must be in [0, 1), got {p}")
-    return min(round(p * 2.0**32), 2**32 - 1)
+    return min(round(p * MASK_LEVELS), MASK_LEVELS - 1)
+
+
+def mask_rate(p: float) -> float:
+    """The drop rate the masks draw for requested rate P: P rounded to a multiple of 1/256 (exact in float)."""
+    return keep_threshold(p) / MASK_LEVELS
+
+
+def site_rate(p: float, where: str) -> dict:
+    """A dropout site's rates for its record: ``p`` (drawn, rounded) and ``p_requested``.
+
+    Raises
+    ------
+    ShieldError
+        P is positive but rounds to 0: the site would drop nothing.
+    """
+    drawn = mask_rate(p)
+    if p > 0 and drawn == 0:
+        raise ShieldError(f"dropout rate {p:g} at {where} rounds to 0: masks are drawn in steps of 1/256",
+                          f"use at least {1 / MASK_LEVELS:g}")
+    return {"p": drawn, "p_requested": float(p)}
 
 
 def philox_words(row_shape, T: int, seed: int, sample_offset: int, layer_id: int) -> np.ndarray:
     """The random uint32 word of every element of T consecutive MC samples at one layer (numpy).
 
     Word e of sample t is ``Philox((e // 4, sample_offset + t, layer_id, 0), seed)[e % 4]``, e the
-    element's flat index within a row of ROW_SHAPE: the stream the dropout masks and the dithered
-    bit-depth filter (dither.py) both draw from, each under its own layer id.
+    element's flat index within a row of ROW_SHAPE: the stream the dithered bit-depth filter
+    (dither.py) draws from, under its own layer id. (Dropout masks draw bytes: ``mask_bytes``.)
 
     Returns
     -------
     np.ndarray
         uint32[T, prod(row_shape)].
     """
-    row_shape = tuple(int(d) for d in row_shape)
+    n = math.prod(int(d) for d in row_shape)
+    return _philox_blocks(-(-n // _WORDS), T, seed, sample_offset, layer_id).reshape(T, -1)[:, :n]
+
+
+def mask_bytes(row_shape, T: int, seed: int, sample_offset: int, layer_id: int) -> np.ndarray:
+    """The random 8-bit uniform of every element of T consecutive MC samples at one layer (numpy).
+
+    Byte e of sample t is byte e % 4 (least significant first) of word (e % 16) // 4 of
+    ``Philox((e // 16, sample_offset + t, layer_id, 0), seed)``.
+
+    Returns
+    -------
+    np.ndarray
+        uint8[T, prod(row_shape)].
+    """
+    n = math.prod(int(d) for d in row_shape)
+    words = _philox_blocks(-(-n // _ELEMS), T, seed, sample_offset, layer_id)  # [T, groups, 4]
+    shifts = np.arange(0, 32, MASK_BITS, dtype=np.uint32)
+    return ((words[..., None] >> shifts) & np.uint32(0xFF)).astype(np.uint8).reshape(T, -1)[:, :n]
+
+
+def _philox_blocks(groups: int, T: int, seed: int, sample_offset: int, layer_id: int) -> np.ndarray:
+    """uint32[T, GROUPS, 4]: Philox((g, sample_offset + t, layer_id, 0), seed) for every sample t and group g."""
     seed_lo, seed_hi, offset = (int(v) for v in seed_to_rng(seed, sample_offset))
     _check_layer(layer_id)
-    n = math.prod(row_shape)
-    groups = -(-n // _WORDS)
     t = np.arange(T, dtype=np.uint64)
-    g = np.arange(groups, dtype=np.uint64)
     counter = np.zeros((T, groups, 4), dtype=np.uint32)
-    counter[..., 0] = g[None, :]
+    counter[..., 0] = np.arange(groups, dtype=np.uint32)[None, :]
     counter[..., 1] = ((offset + t) % 2**32)[:, None]
     counter[..., 2] = layer_id
-    words = philox4x32_10(counter, np.array([seed_lo, seed_hi], dtype=np.uint32))
-    return words.reshape(T, groups * _WORDS)[:, :n]
+    return philox4x32_10(counter, np.array([seed_lo, seed_hi], dtype=np.uint32))
 
 
 def dropout_keep_mask(row_shape, T: int, seed: int, sample_offset: int, layer_id: int, p: float) -> np.ndarray:
@@ -110,8 +158,8 @@ def dropout_keep_mask(row_shape, T: int, seed: int, sample_offset: int, layer_id
         bool[T, *row_shape]: True where the element is kept in sample ``sample_offset + t``.
     """
     row_shape = tuple(int(d) for d in row_shape)
-    words = philox_words(row_shape, T, seed, sample_offset, layer_id)
-    return (words >= np.uint32(keep_threshold(p))).reshape((T, *row_shape))
+    drawn = mask_bytes(row_shape, T, seed, sample_offset, layer_id)
+    return (drawn >= np.uint8(keep_threshold(p))).reshape((T, *row_shape))
 
 
 def mc_dropout_reference(x: np.ndarray, rng: np.ndarray, *, T: int, p: float, layer_id: int,
@@ -152,7 +200,7 @@ def mc_dropout_primfunc(shape, dtype: str, T: int, p: float, layer_id: int, zero
     """The MC dropout kernel for one layer: ``(x: dtype[shape], rng: uint32[3], out: dtype[shape])``.
 
     Two spatial blocks, both free to parallelise: ``philox_keep`` runs one Philox block per
-    (sample, group of 4 elements) into a bool[T, 4 * ceil(n / 4)] keep mask, shared by the B
+    (sample, group of 16 elements) into a bool[T, 16 * ceil(n / 16)] keep mask, shared by the B
     images; ``apply_dropout`` then reads that mask at (r % T, e) for every element.
 
     Parameters
@@ -186,7 +234,7 @@ def mc_dropout_primfunc(shape, dtype: str, T: int, p: float, layer_id: int, zero
     _check_args(shape, dtype, T, p, layer_id, zero_point, channelwise)
     rest = shape[1:]
     n = shape[1] if channelwise else math.prod(rest)
-    groups = -(-n // _WORDS)
+    groups = -(-n // _ELEMS)
     threshold = tirx.const(keep_threshold(p), "uint32")
     with IRBuilder() as ib:
         with tb.prim_func(s_tir=True):
@@ -196,14 +244,16 @@ def mc_dropout_primfunc(shape, dtype: str, T: int, p: float, layer_id: int, zero
             x = tb.arg("x", tb.Buffer((shape[0] // T, *rest) if repeat else shape, dtype))
             rng = tb.arg("rng", tb.Buffer((3,), "uint32"))
             out = tb.arg("out", tb.Buffer(shape, dtype))
-            keep = tb.sblock_alloc_buffer((T, groups * _WORDS), "bool", layout=None)
+            keep = tb.sblock_alloc_buffer((T, groups * _ELEMS), "bool", layout=None)
             with tb.grid(T, groups) as (t, g):
                 with tb.sblock("philox_keep"):
                     vt, vg = tb.axis.remap("SS", [t, g])
                     sample = add_u32(rng[2], tirx.Cast("uint32", vt))  # (offset + t) mod 2^32
                     words = philox_tir(tirx.Cast("uint32", vg), sample, layer_id, 0, rng[0], rng[1], bind=tb.bind)
                     for j, word in enumerate(words):
-                        tb.buffer_store(keep, word >= threshold, [vt, vg * _WORDS + j])
+                        for k in range(_BYTES):
+                            byte = _byte(word, k)
+                            tb.buffer_store(keep, byte >= threshold, [vt, vg * _ELEMS + j * _BYTES + k])
             with tb.grid(*shape) as loops:
                 with tb.sblock("apply_dropout"):
                     v = _as_list(tb.axis.remap("S" * len(shape), _as_list(loops)))
@@ -251,7 +301,7 @@ def apply_mc_dropout(bb: relax.BlockBuilder, x: relax.Expr, rng: relax.Expr, *, 
     return bb.emit(relax.call_tir(gvar, [x, rng], out_ty=relax.TensorType(shape, ty.dtype)))
 
 
-PHILOX_PARALLEL_CALLS = 4096  # Philox calls (T x groups) from which the masks are drawn on all cores
+PHILOX_PARALLEL_CALLS = 4096  # Philox calls (T x groups of 16) from which the masks are drawn on all cores
 
 
 def schedule_mc_dropout(func):
@@ -278,6 +328,12 @@ def schedule_mc_dropout(func):
         if big and int(sch.get(loops[0]).extent) > 1:
             sch.parallel(loops[0])
     return sch
+
+
+def _byte(word: ir.Expr, k: int) -> ir.Expr:
+    """Byte K (0: least significant) of a uint32 word, as a uint32 in [0, 255]."""
+    shifted = word if k == 0 else tirx.shift_right(word, tirx.const(MASK_BITS * k, "uint32"))
+    return shifted if k == _BYTES - 1 else tirx.bitwise_and(shifted, tirx.const(MASK_LEVELS - 1, "uint32"))
 
 
 def _divisor_at_most(n: int, cap: int) -> int:
@@ -320,8 +376,8 @@ def _check_args(shape, dtype: str, T: int, p: float, layer_id: int, zero_point: 
 
 
 def _keep_scale(p: float) -> np.float32:
-    """The float32 rescale 1 / (1 - p) of kept elements (inverted dropout)."""
-    return np.float32(1.0 / (1.0 - p))
+    """The float32 rescale 1 / (1 - q) of kept elements (inverted dropout), q the rate drawn for P."""
+    return np.float32(1.0 / (1.0 - mask_rate(p)))
 
 
 def _as_list(v) -> list:

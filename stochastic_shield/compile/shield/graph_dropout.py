@@ -11,6 +11,7 @@ import torch
 
 from ...errors import ShieldError
 from .config import MODEL, ShieldConfig
+from .dropout import site_rate
 from . import torch_dropout  # noqa: F401 - registers shield::mc_dropout
 
 _DROPOUTS = {"aten.dropout.default", "aten.native_dropout.default", "aten.feature_dropout.default"}
@@ -56,24 +57,26 @@ def insert_graph_dropout(gm: torch.fx.GraphModule, config: ShieldConfig) -> tupl
                 raise ShieldError("dropout=model: the program has no dropout layers",
                                   "name the layers instead, e.g. dropout=conv2:0.1")
             for node in found:
-                p = float(node.args[1]) if site.p is None else site.p
+                at = (_paths(node) or ["?"])[-1]
+                rate = site_rate(float(node.args[1]) if site.p is None else site.p, at)
                 with graph.inserting_after(node):
-                    new = graph.call_function(torch.ops.shield.mc_dropout.default, (node.args[0], p, layer_id))
+                    new = graph.call_function(torch.ops.shield.mc_dropout.default, (node.args[0], rate["p"], layer_id))
                 new.meta.update(node.meta)
                 node.replace_all_uses_with(new)
                 graph.erase_node(node)
-                sites.append({"layer_id": layer_id, "at": (_paths(node) or ["?"])[-1], "p": p, "channel": site.channel})
+                sites.append({"layer_id": layer_id, "at": at, **rate, "channel": site.channel})
                 layer_id += 1
         else:
             node = _last_node_of(gm, site.after)
             if node is None:
                 raise ShieldError(f"dropout after {site.after!r}: the program has no such layer",
                                   f"layers: {', '.join(layer_names(gm)) or 'none recorded'}")
+            rate = site_rate(site.p, f"after {site.after}")
             with graph.inserting_after(node):
-                new = graph.call_function(torch.ops.shield.mc_dropout.default, (node, site.p, layer_id))
+                new = graph.call_function(torch.ops.shield.mc_dropout.default, (node, rate["p"], layer_id))
             new.meta.update(node.meta)
             node.replace_all_uses_with(new, delete_user_cb=lambda u: u is not new)
-            sites.append({"layer_id": layer_id, "at": f"after {site.after}", "p": site.p, "channel": site.channel})
+            sites.append({"layer_id": layer_id, "at": f"after {site.after}", **rate, "channel": site.channel})
             layer_id += 1
     graph.lint()
     gm.recompile()

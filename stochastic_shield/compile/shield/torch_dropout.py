@@ -13,6 +13,7 @@ from torch import nn
 
 from ...errors import ShieldError
 from .config import MODEL, ShieldConfig
+from .dropout import site_rate
 from .markers import MarkerInfo, emit_marker
 
 
@@ -42,7 +43,8 @@ class MCDropout(nn.Module):
 
 
 def insert_mc_dropout(model: nn.Module, config: ShieldConfig) -> tuple[nn.Module, list[dict]]:
-    """A copy of MODEL with MCDropout at the config's sites; returns it and the sites (layer id, name, p)."""
+    """A copy of MODEL with MCDropout at the config's sites; returns it and the sites (layer id, name, p drawn
+    (the requested rate rounded to 1/256, dropout.mask_rate), p_requested)."""
     model = copy.deepcopy(model).eval()
     sites, layer_id = [], 0
     named = dict(model.named_modules())
@@ -53,16 +55,17 @@ def insert_mc_dropout(model: nn.Module, config: ShieldConfig) -> tuple[nn.Module
                 raise ShieldError("dropout=model: the model has no nn.Dropout layers",
                                   "name the layers instead, e.g. dropout=conv2:0.1")
             for name, m in found:
-                p = m.p if site.p is None else site.p
-                _set(model, name, MCDropout(p, layer_id))
-                sites.append({"layer_id": layer_id, "at": name, "p": p, "channel": site.channel})
+                rate = site_rate(m.p if site.p is None else site.p, name)
+                _set(model, name, MCDropout(rate["p"], layer_id))
+                sites.append({"layer_id": layer_id, "at": name, **rate, "channel": site.channel})
                 layer_id += 1
         else:
             if site.after not in named or site.after == "":
                 raise ShieldError(f"dropout after {site.after!r}: the model has no such layer",
                                   f"layers: {', '.join(n for n in named if n)}")
-            _set(model, site.after, nn.Sequential(named[site.after], MCDropout(site.p, layer_id)))
-            sites.append({"layer_id": layer_id, "at": f"after {site.after}", "p": site.p, "channel": site.channel})
+            rate = site_rate(site.p, f"after {site.after}")
+            _set(model, site.after, nn.Sequential(named[site.after], MCDropout(rate["p"], layer_id)))
+            sites.append({"layer_id": layer_id, "at": f"after {site.after}", **rate, "channel": site.channel})
             layer_id += 1
     return model, sites
 
