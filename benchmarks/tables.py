@@ -40,6 +40,7 @@ from benchmarks.tables_robustness import (
     robustness_worst,
     search_final,
 )
+from benchmarks.tables_kernels import kernels_crossover, kernels_depthwise, kernels_networks
 from benchmarks.tables_speed import kernels_where, speed_shipped
 
 PAGES = ("README.md", "docs/*.md")
@@ -67,6 +68,9 @@ TABLES: dict[str, Table] = {
     "speed.accuracy": Table("speed.json", accuracy_table),
     "speed.shield": Table("speed.json", shield_table),
     "speed.where": Table("speed.json", where_table),
+    "kernels.networks": Table("kernels.json", kernels_networks),
+    "kernels.depthwise": Table("kernels.json", kernels_depthwise),
+    "kernels.crossover": Table("kernels.json", kernels_crossover),
 }
 
 # ---------------------------------------------------------------- rewriting and checking the pages

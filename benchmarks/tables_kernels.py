@@ -24,7 +24,10 @@ def kernels_networks(res: dict) -> str:
         rows += [[f"&nbsp;&nbsp;{c}", f"{g['categories_ms'].get(c, 0):.3f}", f"{p['categories_ms'].get(c, 0):.3f}", ""]
                  for c in cats]
     return (_table(["network: whole call (ms), then kernels alone by kind (ms)", "generic depthwise", "packed",
-                    "speed-up"], rows) + _footer(res))
+                    "speed-up"], rows)
+            + "\n\nKernels alone: each built by itself and timed on random inputs. A kernel with a parallel loop waits "
+              "for the second core at every call; on a loaded machine that wait can make the kernels' sum exceed the "
+              "whole call." + _footer(res))
 
 
 def kernels_depthwise(res: dict) -> str:

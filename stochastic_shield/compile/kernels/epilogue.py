@@ -84,6 +84,13 @@ def fits_int32(a: np.ndarray) -> bool:
     return a.size == 0 or (int(a.min()) >= -_INT32_MAX - 1 and int(a.max()) <= _INT32_MAX)
 
 
+def _int32_sum(a, b):
+    """A + B as an int32 the simplifier leaves alone: cast to int64 it would become cast(a) + cast(b), a
+    33-bit value whose product with m0 needs a full 64-bit multiply (vpmullq) instead of vpmuldq (a depthwise
+    144-channel 56x56 kernel: 844 -> 766 us in one interleaved A/B). The reference's sum is int32 too."""
+    return tirx.reinterpret("int32", tirx.reinterpret("uint32", a + b))
+
+
 def requant_expr(acc, q: list, ep: Epilogue, act_dtype: str, shift: int):
     """int32 ACC plus the compensated bias, requantized, clamped, stored as ACT_DTYPE (code + SHIFT).
 
@@ -92,6 +99,6 @@ def requant_expr(acc, q: list, ep: Epilogue, act_dtype: str, shift: int):
     (clamp(t + zp, lo, hi) = clamp(t, lo - zp, hi - zp) + zp), so that the rest is int32.
     """
     bias, m0, rnd, n = q
-    t = tirx.shift_right((acc + bias).astype("int64") * m0.astype("int64") + rnd, n)
+    t = tirx.shift_right(_int32_sum(acc, bias).astype("int64") * m0.astype("int64") + rnd, n)
     t = tirx.Min(tirx.Max(t, tirx.const(ep.lo - ep.zp, "int64")), tirx.const(ep.hi - ep.zp, "int64"))
     return (t.astype("int32") + tirx.const(ep.zp + shift, "int32")).astype(act_dtype)

@@ -24,7 +24,10 @@ from .isa import ISAS
 from .pack_int8 import ISA_ATTR, KERNEL_ATTR
 
 SCHEDULES = {"conv": schedule_conv, "depthwise": schedule_depthwise, "dense": schedule_dense}
-PARALLEL_MIN_FLOPS = 10e6    # a packed conv / dense gets a parallel loop from here (conv1 at batch 32: 54 -> 32 us)
+# a packed conv / depthwise / dense gets a parallel loop from here (conv1 at batch 32: 54 -> 32 us); the serial /
+# parallel crossover of every MobileNetV2 kernel (benchmarks/results/kernels.json "parallel_crossover", docs/kernels.md)
+# put depthwise at 8.8 MFLOP, but was measured under load 7-8: rerun it on a quiet machine before moving this
+PARALLEL_MIN_FLOPS = 10e6
 INJECTIVE_PARALLEL = 1 << 16  # elements from which an injective kernel is split over the cores
 _LANES = 16
 
