@@ -27,7 +27,7 @@ def checkpoint_from_label(label: str) -> Path | None:
 # Chosen by benchmarks/shield_sweep.py: the strongest filter and rate in the sweep whose clean
 # accuracy at T=16 stays within 2 points of plain int8 on the shipped model (the 3x3 median costs 4).
 DEFAULT_FILTER = "bits:3"
-RANDOM_FILTER_KINDS = ("dither",)  # input filters that draw new random numbers every pass (shield/dither.py)
+RANDOM_FILTER_KINDS = ("dither", "noise")  # input filters that draw new random numbers every pass (shield/dither.py, noise.py)
 DEFAULT_DROPOUT = "model:0.3"
 DEFAULT_SHIELD = f"filter={DEFAULT_FILTER}; dropout={DEFAULT_DROPOUT}"
 

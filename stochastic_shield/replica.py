@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .compile.quantization.layers import LayerVisitor
 from .compile.shield.dither import dither_u24, torch_dither
+from .compile.shield.noise import noise_k, torch_noise
 from .compile.shield.dropout import dropout_keep_mask
 from .compile.shield.filters import torch_filter
 from .replica_float import run_float_op
@@ -123,8 +124,13 @@ class Replica(torch.nn.Module, LayerVisitor):
         elif spec.random:  # dither: one draw per pass, so the passes start here; BPDA with the identity,
             self._expand()  # which is the gradient of its expectation clip(x, 0, 1)
             x = self._env[lay.inputs[0]]
-            u24 = None if self.seed is None else dither_u24(x.shape[1:], self._T, self.seed, self.sample_offset)
-            self._env[lay.out] = _BPDAIdentity.apply(x, lambda t: torch_dither(t, spec.bits, u24))
+            if spec.kind == "noise":  # additive: the identity is its exact gradient
+                k = None if self.seed is None else noise_k(x.shape[1:], self._T, self.seed, self.sample_offset,
+                                                           spec.sigma)
+                self._env[lay.out] = _BPDAIdentity.apply(x, lambda t: torch_noise(t, spec.sigma, k))
+            else:
+                u24 = None if self.seed is None else dither_u24(x.shape[1:], self._T, self.seed, self.sample_offset)
+                self._env[lay.out] = _BPDAIdentity.apply(x, lambda t: torch_dither(t, spec.bits, u24))
         elif spec.kind == "gaussian" or (spec.kind == "median" and self.filter_grad == "exact"):
             self._env[lay.out] = torch_filter(spec, x)
         elif self.filter_grad == "smooth":

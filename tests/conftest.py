@@ -56,6 +56,26 @@ def rasp4_artifact(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def noise_artifact(tmp_path_factory, fashion_root):
+    """The shipped model with randomized smoothing (noise:0.25, then bits:3) for the host at batch 4: (folder, args)."""
+    from stochastic_shield.compile.build import CompileArgs, compile_artifact
+
+    out = tmp_path_factory.mktemp("art") / "host-noise"
+    args = CompileArgs(None, "host", out, batch=4, int8=True, calib=64, data_root=str(fashion_root),
+                       shield="filter=noise:0.25+bits:3; T=8,100")
+    compile_artifact(args)
+    return out, args
+
+
+@pytest.fixture(scope="session")
+def noise_plan(noise_artifact):
+    """The quantized plan of noise_artifact (for its numpy reference and PyTorch replica)."""
+    from stochastic_shield.compile.build import prepare_module
+
+    return prepare_module(noise_artifact[1]).plan
+
+
+@pytest.fixture(scope="session")
 def boards():
     """A real TVM tracker and host RPC server on 127.0.0.1 (free ports), stopped after the session."""
     from stochastic_shield.runtime_py.boards import local_boards

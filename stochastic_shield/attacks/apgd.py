@@ -1,4 +1,4 @@
-"""APGD: Auto-PGD with momentum, a step size halved at checkpoints, and restarts (L-infinity)."""
+"""APGD: Auto-PGD with momentum, a step size halved at checkpoints, and restarts (L-infinity or L2)."""
 from __future__ import annotations
 
 import numbers
@@ -15,7 +15,8 @@ class APGD(Attack):
 
     [https://arxiv.org/abs/2003.01690]
 
-    Distance measure: L-infinity. Untargeted. From a random point of the eps ball, step
+    Distance measure: L-infinity, or L2 with ``norm="L2"`` (steps along grad / ||grad||_2, projection onto the
+    L2 ball, AutoAttack's APGD-L2). Untargeted. From a random point of the eps ball, step
     ``z = P(x_k + eta * sign(grad))``, ``x_{k+1} = P(x_k + a (z - x_k) + (1 - a)(x_k - x_{k-1}))``
     (a = 1 on the first step). The step size starts at 2 eps; at checkpoints (the first after
     22% of the steps, then intervals shrinking by 3% of the steps to at least 6%) it is halved and
@@ -44,6 +45,7 @@ class APGD(Attack):
             uses the global RNG. (Default: 0)
         clip_min, clip_max (float): valid pixel range. (Default: 0.0, 1.0)
         device (torch.device or str): where the attack runs. (Default: the device of the images)
+        norm (str): "Linf" or "L2", the distance eps bounds. (Default: "Linf")
 
     Example::
         >>> attack = APGD(EOT(model, samples=20), eps=0.1, steps=100, restarts=3, loss="dlr")
@@ -52,8 +54,10 @@ class APGD(Attack):
 
     def __init__(self, model, eps: float, steps: int = 100, restarts: int = 1, loss="ce", rho: float = 0.75,
                  momentum: float = 0.75, seed: int | None = 0, *, clip_min: float = 0.0, clip_max: float = 1.0,
-                 device=None):
+                 device=None, norm: str = "Linf"):
         super().__init__(model, eps, clip_min=clip_min, clip_max=clip_max, device=device)
+        require(norm in ("Linf", "L2"), f"norm must be 'Linf' or 'L2', got {norm!r}")
+        self.norm = norm
         self.steps, self.restarts = check_count("steps", steps), check_count("restarts", restarts)
         self.criterion = resolve_loss(loss)
         require(isinstance(rho, numbers.Real) and 0 < rho < 1, f"rho must be in (0, 1), got {rho!r}", "e.g. 0.75")
@@ -75,7 +79,7 @@ class APGD(Attack):
             # Noise for the whole batch, then indexed: an image's start does not depend on which others are done.
             gen = None if self.seed is None else torch.Generator(images.device).manual_seed(self.seed + r)
             t = 2 * torch.rand(images.shape, generator=gen, device=images.device, dtype=images.dtype)[todo] - 1
-            t = t / t.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *[1] * (t.dim() - 1))
+            t = t / _norms(t, self.norm)
             x, y = images[todo], labels[todo]
             best.update(todo, *self._run(x, y, (x + self.eps * t).clamp(self.clip_min, self.clip_max)))
         return best.x
@@ -93,7 +97,8 @@ class APGD(Attack):
         prev, since = adv, 0
         for i in range(self.steps):
             a = 1.0 if i == 0 else self.momentum
-            z = self.project(adv + eta.view(view) * grad.sign(), x)
+            step = grad.sign() if self.norm == "Linf" else grad / _norms(grad, "L2")
+            z = self.project(adv + eta.view(view) * step, x)
             prev, adv = adv, self.project(adv + a * (z - adv) + (1 - a) * (adv - prev), x)
             loss, grad, broken = evaluate(self.model, self.criterion, adv, y)
             fooled_x[broken], fooled = adv[broken], fooled | broken  # the latest misclassified iterate
@@ -109,3 +114,19 @@ class APGD(Attack):
                 adv[halve], grad[halve] = best.x[halve], best_grad[halve]
                 halved, last_best, since, k = halve, best.loss.clone(), 0, max(k - k_decr, k_min)
         return torch.where(fooled.view(view), fooled_x, best.x), best.loss, fooled
+
+    def project(self, adv: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """ADV onto the eps ball around IMAGES (L-inf or L2), then onto [clip_min, clip_max] (which keeps it in the
+        L2 ball: clipping toward an image inside the box only shortens each coordinate's change)."""
+        if self.norm == "Linf":
+            return super().project(adv, images)
+        d = adv - images
+        d = d * (self.eps / _norms(d, "L2")).clamp(max=1.0)
+        return (images + d).clamp(self.clip_min, self.clip_max)
+
+
+def _norms(t: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-image L-inf or L2 norms of T, shaped to broadcast against it (never 0)."""
+    flat = t.flatten(1)
+    n = flat.abs().amax(1) if norm == "Linf" else flat.norm(dim=1)
+    return n.clamp_min(1e-12).view(-1, *[1] * (t.dim() - 1))

@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import ShieldError
-from . import bench, boards, compile, demo, detect, run, search, train, tune
+from . import bench, boards, certify, compile, demo, detect, run, search, train, tune
 
 DESCRIPTION = """\
 stochastic-shield: int8 CNNs on small Arm boards, defended against adversarial inputs.
@@ -24,7 +24,7 @@ shipped Fashion-MNIST model and a local board.
 """
 
 # The command groups, in the order 'shield --help' lists them.
-COMMAND_GROUPS = (train, compile, run, detect, boards, bench, search, tune, demo)
+COMMAND_GROUPS = (train, compile, run, certify, detect, boards, bench, search, tune, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

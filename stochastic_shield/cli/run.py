@@ -30,6 +30,10 @@ def register(sub) -> None:
         p.add_argument("--T", type=int, default=RUN_T, help=f"MC passes for a shielded artifact (default {RUN_T})")
         add_seed(p, show=name == "run")
         p.add_argument("--reject-at", default="auto", metavar="SCORE:RATE", help=REJECT_HELP)
+        if name == "run":
+            from .certify import add_run_options
+
+            add_run_options(p)
         add_rpc(p)
         add_json(p)
         p.set_defaults(func=cmd_run if name == "run" else cmd_eval)
@@ -55,6 +59,10 @@ def eval_args(args):
 def cmd_run(args) -> None:
     from ..runtime_py.predict import classify
 
+    if args.certify:
+        from .certify import cmd_run_certify
+
+        return cmd_run_certify(args, run_args(args))
     res = classify(run_args(args))
     if args.json:
         print_json(res.to_json(show_seed=args.show_seed))

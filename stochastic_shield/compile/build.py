@@ -95,6 +95,7 @@ def prepare_module(args: CompileArgs) -> Prepared:
         meta["import_notes"] = list(loaded.notes)
     if config is not None:
         shield = dict(config.describe(), sites=sites, stochastic=bool(sites) or any(f.random for f in config.filters))
+        shield["smoothing"] = smoothing_terms(config, meta["input_shape"])
         mod = InsertInputFilter(config.filters)(mod)
     mod = optimize(mod)
     quantization = plan = kernels = None
@@ -112,6 +113,22 @@ def prepare_module(args: CompileArgs) -> Prepared:
         mod = pack_int8(mod, board.tvm_target(), report)  # dot-product kernels where the board has them
         kernels = kernel_summary(report)
     return Prepared(mod, board, meta, shape, quantization, shield, plan, config, kernels)
+
+
+def smoothing_terms(config, input_shape) -> dict | None:
+    """What a noise:SIGMA filter's certificate gives up (compile/shield/noise_tv.py): tau, the total variation of
+    the drawn noise to the ideal grid Gaussian per image, and the L2 slack of rounding an input onto the grid."""
+    from .shield.noise_tv import GRID, noise_table, slack
+
+    noise = [f for f in config.filters if f.kind == "noise"]
+    if not noise:
+        return None
+    pixels = 1
+    for d in input_shape[1:]:
+        pixels *= int(d)
+    first = config.filters[0].kind == "noise"
+    return {"sigma": noise[0].sigma, "grid": GRID, "pixels": pixels, "tau": noise_table(noise[0].sigma).tau(pixels),
+            "radius_slack": slack(pixels), "noise_first": first}
 
 
 def kernel_summary(report: dict) -> dict:

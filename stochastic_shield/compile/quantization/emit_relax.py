@@ -74,8 +74,11 @@ class RelaxEmitter(LayerVisitor):
     def visit_filter(self, lay):
         if lay.spec.random:  # a marker until ExpandMonteCarlo draws the pass's numbers
             from ..shield.dither import emit_dither_marker
+            from ..shield.noise import emit_noise_marker
 
-            self.f32[lay.out] = emit_dither_marker(self.bb, self.f32[lay.inputs[0]], lay.spec.bits)
+            x = self.f32[lay.inputs[0]]
+            self.f32[lay.out] = (emit_noise_marker(self.bb, x, lay.spec.sigma) if lay.spec.kind == "noise"
+                                 else emit_dither_marker(self.bb, x, lay.spec.bits))
             return
         self.f32[lay.out] = apply_filters(self.bb, self.f32[lay.inputs[0]], [lay.spec])
 

@@ -87,8 +87,10 @@ class NumpyReference(LayerVisitor):
         x = self.f32[lay.inputs[0]]
         if lay.spec.random:  # rows b*T + t are pass t (run repeats the images T times)
             from ..shield.dither import dither_reference
+            from ..shield.noise import noise_reference
 
-            self.f32[lay.out] = dither_reference(x, self.rng, T=self.T, bits=lay.spec.bits)
+            self.f32[lay.out] = (noise_reference(x, self.rng, T=self.T, sigma=lay.spec.sigma) if lay.spec.kind == "noise"
+                                 else dither_reference(x, self.rng, T=self.T, bits=lay.spec.bits))
             return
         self.f32[lay.out] = torch_filter(lay.spec, torch.from_numpy(x)).numpy()
 

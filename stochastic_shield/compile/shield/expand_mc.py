@@ -1,7 +1,7 @@
 """ExpandMonteCarlo: main(x) with dropout markers -> one function mc_T{T}(x, rng) per T.
 
 Everything before the first dropout (the filter, the convolutions) runs once per image; at the
-first dropout (or a dithered filter's marker: dither.py) the batch is repeated T times (row b*T + t
+first dropout (or a random filter's marker: dither.py, noise.py) the batch is repeated T times (row b*T + t
 is image b, pass t) and the rest runs as one batch of B*T rows. Each dropout marker becomes the
 Philox dropout kernel of its layer (dropout.py), each dither marker the dither kernel, both
 reading the runtime input ``rng = uint32[3] (seed_lo, seed_hi, sample_offset)``. TVM needs static
@@ -15,6 +15,7 @@ from tvm import relax
 from .dither import apply_dither, dither_marker_bits
 from .dropout import apply_mc_dropout
 from .markers import marker_info, marker_input
+from .noise import apply_noise, noise_marker_sigma
 
 
 def _scaled(shape, T: int) -> list[int]:
@@ -40,6 +41,16 @@ class _Expander:
             self.repeated[v] = self.bb.emit(relax.op.repeat(self.env[v], self.T, axis=0))
         return self.repeated[v]
 
+    def widened_filter(self, gvar, shape):
+        """A filter kernel after a random filter (noise:S+bits:B) runs on B*T rows: its PrimFunc made for them."""
+        from .filters import FILTER_ATTR, filter_primfunc, parse_filters
+
+        attrs = getattr(self.mod[gvar], "attrs", None)
+        if attrs is None or FILTER_ATTR not in attrs:
+            return gvar
+        spec = parse_filters(str(attrs[FILTER_ATTR]))[0]
+        return self.bb.add_func(filter_primfunc(spec, [int(d) for d in shape]), f"{gvar.name_hint}_T{self.T}")
+
     def sub(self, e, widen: bool):
         """E with main's vars replaced by their values here (widened to B*T rows when WIDEN)."""
         if isinstance(e, relax.Var) and e in self.env:
@@ -57,6 +68,11 @@ class _Expander:
                                                zero_point=info.zero_point, channelwise=info.channelwise)
             self.wide.add(b.var)
             return
+        sigma = noise_marker_sigma(self.mod, v)
+        if sigma is not None:
+            self.env[b.var] = apply_noise(self.bb, self.rows(marker_input(v)), self.rng, T=self.T, sigma=sigma)
+            self.wide.add(b.var)
+            return
         bits = dither_marker_bits(self.mod, v)
         if bits is not None:
             self.env[b.var] = apply_dither(self.bb, self.rows(marker_input(v)), self.rng, T=self.T, bits=bits)
@@ -71,6 +87,7 @@ class _Expander:
                 args[1] = relax.ShapeExpr(_scaled(b.var.ty.shape, self.T))
             if widen and op == "relax.call_tir":  # the output type is explicit: scale its batch
                 ty_args = [relax.TensorType(_scaled(t.shape, self.T), t.dtype) for t in ty_args]
+                args[0] = self.widened_filter(args[0], ty_args[0].shape)
             v = relax.Call(v.op, args, v.attrs, ty_args)
         elif isinstance(v, relax.TupleGetItem):
             v = relax.TupleGetItem(self.sub(v.tuple_value, widen), v.index)
@@ -94,7 +111,7 @@ class ExpandMonteCarlo:
         main = mod["main"]
         bindings = [b for block in main.body.blocks for b in block.bindings]
         if not any(marker_info(mod, b.value) is not None or dither_marker_bits(mod, b.value) is not None
-                   for b in bindings):
+                   or noise_marker_sigma(mod, b.value) is not None for b in bindings):
             return mod
         bb = relax.BlockBuilder(tvm.IRModule({g: f for g, f in mod.functions.items() if g.name_hint != "main"}))
         for T in self.t_set:

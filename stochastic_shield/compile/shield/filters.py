@@ -21,15 +21,16 @@ from tvm import relax, s_tir, te, tirx
 from ...defaults import RANDOM_FILTER_KINDS
 from ...errors import ShieldError
 
-KINDS = ("median", "gaussian", "bits", "dither")
+KINDS = ("median", "gaussian", "bits", "dither", "noise")
 MEDIAN_WINDOWS = (3, 5)
 GAUSSIAN_WINDOWS = (3, 5, 7, 9)
 BIT_DEPTHS = tuple(range(1, 9))
 FILTER_ATTR = "shield.filter"  # PrimFunc attribute naming the filter's spec (compact form)
 FORMS = ("median:K (K=3|5), gaussian:SIGMA:K (K odd 3..9), bits:B (B=1..8), dither:B (bits:B rounding at random "
-         "per pass), joined with '+', or 'none'")
+         "per pass), noise:SIGMA (Gaussian noise per pass, randomized smoothing), joined with '+', or 'none'")
 _DEFAULTS = {"k": 3, "sigma": 1.0, "bits": 4}
-_PARAMS = {"median": ("k",), "gaussian": ("sigma", "k"), "bits": ("bits",), "dither": ("bits",)}
+_PARAMS = {"median": ("k",), "gaussian": ("sigma", "k"), "bits": ("bits",), "dither": ("bits",), "noise": ("sigma",)}
+NOISE_MAX_SIGMA = 4.0
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,10 @@ class FilterSpec:
 
     kind: "median" (exact median of the k*k window), "gaussian" (normalised k*k Gaussian blur)
       "bits" (bit-depth reduction to 2^bits levels) or "dither" (the same levels, each pixel rounded
-      up or down at random in every MC pass, up with probability its fractional part: dither.py).
+      up or down at random in every MC pass, up with probability its fractional part: dither.py) or "noise"
+      (Gaussian noise of standard deviation sigma added in every MC pass, for randomized smoothing: noise.py).
     k: window size, odd: 3 or 5 for median, 3 to 9 for gaussian (unused by bits).
-    sigma: standard deviation of the Gaussian, in pixels (gaussian only).
+    sigma: standard deviation of the Gaussian, in pixels (gaussian), or of the noise, in pixel values (noise).
     bits: bit depth, 1 to 8 (bits and dither only).
     Parameters a kind does not use must stay at their defaults, so equal filters compare equal.
     """
@@ -68,19 +70,25 @@ class FilterSpec:
                 raise ShieldError(f"gaussian sigma={self.sigma!r} must be a positive finite number",
                                   "e.g. gaussian:1.0:5 (sigma 1.0, 5x5 window)")
             object.__setattr__(self, "sigma", float(self.sigma))  # so 1 and 1.0 give equal specs
+        if self.kind == "noise":
+            if not (isinstance(self.sigma, int | float) and not isinstance(self.sigma, bool)
+                    and math.isfinite(self.sigma) and 0 < self.sigma <= NOISE_MAX_SIGMA):
+                raise ShieldError(f"noise sigma={self.sigma!r} must be in (0, {NOISE_MAX_SIGMA:g}]",
+                                  "e.g. noise:0.25 (images in [0, 1])")
+            object.__setattr__(self, "sigma", float(self.sigma))
         if self.kind in ("bits", "dither") and not (_is_int(self.bits) and self.bits in BIT_DEPTHS):
             raise ShieldError(f"bit depth bits={self.bits!r} is out of range",
                               f"{self.kind} takes an integer from 1 to 8")
 
     @property
     def random(self) -> bool:
-        """True for a filter that draws random numbers (a new draw per MC pass): dither."""
+        """True for a filter that draws random numbers (a new draw per MC pass): dither, noise."""
         return self.kind in RANDOM_FILTER_KINDS
 
     @property
     def radius(self) -> int:
         """How many pixels the window reaches past the centre (0 for pointwise filters)."""
-        return 0 if self.kind in ("bits", "dither") else self.k // 2
+        return 0 if self.kind in ("bits", "dither", "noise") else self.k // 2
 
     def describe(self) -> dict:
         """The spec as a JSON-ready dict holding only the parameters its kind uses."""
@@ -109,7 +117,8 @@ def parse_filters(text: str) -> tuple[FilterSpec, ...]:
         return ()
     specs = tuple(_parse_one(part.strip(), text) for part in text.split("+"))
     if sum(s.random for s in specs) > 1:
-        raise ShieldError(f"filter chain {text!r} has more than one dither filter", "keep one dither:B in the chain")
+        raise ShieldError(f"filter chain {text!r} has more than one dither or noise filter",
+                          "keep one random filter (dither:B or noise:SIGMA) in the chain")
     return specs
 
 
@@ -166,6 +175,8 @@ def filter_primfunc(spec: FilterSpec, shape) -> tirx.PrimFunc:
     x = te.placeholder(shape, "float32", name="x")
     if spec.kind in ("bits", "dither"):  # dither: its deterministic stand-in until ExpandMonteCarlo (dither.py)
         out = _bits(x, spec.bits)
+    elif spec.kind == "noise":  # the image itself until ExpandMonteCarlo draws the noise (noise.py)
+        out = te.compute(shape, lambda *i: x(*i), name="out")
     elif spec.kind == "gaussian":
         out = _gaussian(_reflect_pad(x, spec.radius), shape, gaussian_weights(spec.sigma, spec.k))
     else:
@@ -274,8 +285,9 @@ def _bits(x: te.Tensor, bits: int) -> te.Tensor:
 
 def primfunc_name(spec: FilterSpec) -> str:
     """The name the filter's PrimFunc gets in a module, e.g. shield_median3, shield_gaussian1p5_k5, shield_bits4."""
-    if spec.kind == "gaussian":
-        return f"shield_gaussian{repr(spec.sigma).replace('.', 'p')}_k{spec.k}"
+    if spec.kind in ("gaussian", "noise"):
+        sigma = repr(spec.sigma).replace('.', 'p')
+        return f"shield_gaussian{sigma}_k{spec.k}" if spec.kind == "gaussian" else f"shield_noise{sigma}"
     return f"shield_{spec.kind}{spec.k if spec.kind == 'median' else spec.bits}"
 
 
@@ -316,7 +328,7 @@ def torch_filter(spec: FilterSpec, x: torch.Tensor) -> torch.Tensor:
     gaussian: depthwise ``conv2d`` with ``gaussian_weights`` after ``F.pad(reflect)``, differentiable;
     bits: ``torch.round(x.clamp(0, 1) * L) / L`` (gradient zero almost everywhere: wrap with BPDA).
     dither: fresh random rounding from torch's generator (``dither.torch_dither``; the board's own
-    numbers for a seed come from ``dither.dither_u24``).
+    numbers for a seed come from ``dither.dither_u24``); noise: fresh grid noise (``noise.torch_noise``).
     """
     if x.dim() != 4:
         raise ShieldError(f"filter {spec} takes an NCHW image batch, got shape {tuple(x.shape)}",
@@ -325,6 +337,10 @@ def torch_filter(spec: FilterSpec, x: torch.Tensor) -> torch.Tensor:
         from .dither import torch_dither
 
         return torch_dither(x, spec.bits, None)
+    if spec.kind == "noise":
+        from .noise import torch_noise
+
+        return torch_noise(x, spec.sigma, None)
     if spec.kind == "bits":
         levels = float(2 ** spec.bits - 1)
         return torch.round(x.clamp(0.0, 1.0) * levels) / levels
