@@ -41,6 +41,10 @@ from benchmarks.tables_robustness import (
     search_final,
 )
 from benchmarks.tables_kernels import kernels_crossover, kernels_depthwise, kernels_networks
+from benchmarks.tables_uncertainty import (
+    uncertainty_summary,
+    uncertainty_targets,
+)
 from benchmarks.tables_speed import kernels_where, speed_shipped
 
 PAGES = ("README.md", "docs/*.md")
@@ -71,6 +75,8 @@ TABLES: dict[str, Table] = {
     "kernels.networks": Table("kernels.json", kernels_networks),
     "kernels.depthwise": Table("kernels.json", kernels_depthwise),
     "kernels.crossover": Table("kernels.json", kernels_crossover),
+    "uncertainty.summary": Table("uncertainty/uncertainty.json", uncertainty_summary),
+    "uncertainty.targets": Table("uncertainty/uncertainty.json", uncertainty_targets),
 }
 
 # ---------------------------------------------------------------- rewriting and checking the pages
