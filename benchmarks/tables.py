@@ -46,6 +46,7 @@ from benchmarks.tables_uncertainty import (
     uncertainty_targets,
 )
 from benchmarks.tables_speed import kernels_where, speed_shipped
+from benchmarks.tables_onnx import onnx_corpus
 
 PAGES = ("README.md", "docs/*.md")
 BLOCK = re.compile(r"(<!-- table (?P<name>[\w.-]+): [^\n]*-->\n)(?P<body>.*?)(<!-- end (?P=name) -->)", re.DOTALL)
@@ -77,6 +78,7 @@ TABLES: dict[str, Table] = {
     "kernels.crossover": Table("kernels.json", kernels_crossover),
     "uncertainty.summary": Table("uncertainty/uncertainty.json", uncertainty_summary),
     "uncertainty.targets": Table("uncertainty/uncertainty.json", uncertainty_targets),
+    "onnx.corpus": Table("onnx-corpus.json", onnx_corpus),
 }
 
 # ---------------------------------------------------------------- rewriting and checking the pages
