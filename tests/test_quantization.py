@@ -250,3 +250,26 @@ def test_int8_on_the_emulated_board_is_bit_exact(tmp_path, emulated_boards, fash
     _, plan = quantize(mod, calibration_images("fashion-mnist", 512), QuantSpec(calib_images=512))
     ref = np.concatenate([run_reference(plan, x[i:i + 4]) for i in (0, 4)])
     np.testing.assert_array_equal(out, ref)
+
+
+def test_dead_channels_next_to_a_bias_quantize():
+    """A conv channel whose weights are all but zero beside its bias (batch norm folding leaves them in PP-OCR's
+    detector) overflowed the int32 bias; one with no bias had a multiplier below 2^-62. Both now give fp32's output."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.3, (3, 1, 3, 3)).astype(np.float32)
+    w[0] *= 1e-30   # dead channel with a bias
+    w[1] *= 1e-37   # dead channel, no bias
+    bias = np.array([5.0, 0.0, 0.1], np.float32).reshape(1, 3, 1, 1)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, 1, 8, 8), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            a = bb.emit(relax.op.add(relax.op.nn.conv2d(x, relax.const(w), padding=1), relax.const(bias)))
+            a = bb.emit(relax.op.nn.relu(a))
+            out = bb.emit_output(bb.emit(relax.op.mean(a, axis=[2, 3], keepdims=True)))
+        bb.emit_func_output(out)
+    mod = optimize(bb.get())
+    calib = rng.uniform(0, 1, (16, 1, 8, 8)).astype(np.float32)
+    qmod, _ = quantize(mod, calib, QuantSpec(calib_images=16))
+    got, fp32 = _run(qmod, calib[:2]), _run(mod, calib[:2])
+    np.testing.assert_allclose(got, fp32, atol=0.05)

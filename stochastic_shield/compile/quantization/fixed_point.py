@@ -39,10 +39,13 @@ def choose_qparams(lo: float, hi: float) -> tuple[float, int]:
     return float(np.float32(scale)), zp
 
 
-def quantize_weights_per_channel(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-output-channel (axis 0) int8 weights: (w_q, scale per channel)."""
+def quantize_weights_per_channel(w: np.ndarray, min_scale=None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-channel (axis 0) int8 weights: (w_q, scale per channel), each scale at least
+    MIN_SCALE (per channel) if given."""
     w = np.asarray(w, dtype=np.float32)
     amax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1).astype(np.float64)
     scale = np.where(amax > 0, amax / WMAX, 1.0)
+    if min_scale is not None:
+        scale = np.maximum(scale, min_scale)
     wq = np.clip(np.rint(w / scale.reshape(-1, *([1] * (w.ndim - 1)))), -WMAX, WMAX).astype(np.int8)
     return wq, scale

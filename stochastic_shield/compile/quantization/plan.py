@@ -32,6 +32,13 @@ def filter_info(mod, call):
     return parse_filters(str(attrs[FILTER_ATTR]))[0]
 
 
+def bias_floor(bias, qx: QParams):
+    """Per-channel weight scales below which BIAS would overflow int32 (2^30, leaving room for the zero-point
+    correction), or None. A channel whose weights are all but zero next to its bias (a dead channel after batch
+    norm folding, common in detectors) gets a coarser scale: its output is its bias, as in fp32."""
+    return None if bias is None else np.abs(bias) / (qx.scale * 2.0 ** 30)
+
+
 class _Planner(RuleMixin):
     """Walks the fp32 bindings once, in order, deciding each tensor's representation."""
 
@@ -128,9 +135,9 @@ class _Planner(RuleMixin):
         if str(a.data_layout) != "NCHW" or str(a.kernel_layout) != "OIHW" or str(a.out_layout) != "NCHW":
             return False
         qx = self.need_int8(x)
-        wq, sw = quantize_weights_per_channel(w)
         cout = w.shape[0]
         out, bias, act = self.absorb_bias_act(b.var, cout)
+        wq, sw = quantize_weights_per_channel(w, bias_floor(bias, qx))
         fields = self._anchor(b, out, qx, sw, bias, act, wsum=wq.reshape(cout, -1).astype(np.int64).sum(1))
         self.layers.append(Conv2d(out=out, inputs=(x,), w=wq, strides=_ints(a.strides), padding=_ints(a.padding),
                                   dilation=_ints(a.dilation), groups=int(a.groups), **fields))
@@ -140,8 +147,8 @@ class _Planner(RuleMixin):
         if len(w.shape) != 2 or len(x.ty.shape) != 2:
             return False
         qx = self.need_int8(x)
-        wq_t, sw = quantize_weights_per_channel(w.T)   # per output feature = per column of W
         out, bias, act = self.absorb_bias_act(b.var, w.shape[1])
+        wq_t, sw = quantize_weights_per_channel(w.T, bias_floor(bias, qx))   # per output feature = per column of W
         fields = self._anchor(b, out, qx, sw, bias, act, wsum=wq_t.astype(np.int64).sum(1))
         self.layers.append(Dense(out=out, inputs=(x,), w=np.ascontiguousarray(wq_t.T), **fields))
         return True
@@ -163,7 +170,9 @@ class _Planner(RuleMixin):
             # logits: leave the int32 accumulator and dequantize it once, per channel
             return dict(fields, out_scale=acc_scale.astype(np.float32))
         qo = self.qparams_of(out)
-        m0, n = quantize_multiplier(acc_scale / qo.scale)
+        # a channel of all-but-zero weights (scale ~1e-35) has no effect: the smallest multiplier whose product with
+        # any int32 accumulator rounds to 0 stands for it (quantize_multiplier cannot write smaller ones)
+        m0, n = quantize_multiplier(np.maximum(acc_scale / qo.scale, 2.0 ** -32))
         self.q[out] = qo
         lo, hi = self.act_codes(qo, act)
         return dict(fields, requant=Requantize(m0, n, qo, lo=lo, hi=hi))
