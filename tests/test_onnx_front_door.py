@@ -91,3 +91,20 @@ def test_torch_onnx_export_with_named_batch_compiles_to_int8_without_a_trace(tmp
     m = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert len(m["classes"]) == 10 and m["quantization"]["fp32_layers"] == []
     assert {"lut", "mul", "concat", "avgpool"} <= {lay["kind"] for lay in m["quantization"]["layers"]}
+
+
+@pytest.mark.parametrize("case", ["fixed_batch", "unknown_node"])
+def test_a_wrong_flag_on_a_corpus_model_is_one_line(case, tmp_path):
+    """No trace for what a user gets wrong: a batch the file cannot take, a dropout site naming no node."""
+    rng = np.random.default_rng(0)
+    if case == "fixed_batch":  # the zoo's SqueezeNet is exported for batch 1 only
+        model, shape, extra, want = LIGHT / "light_squeezenet.onnx", (3, 224, 224), ["--batch", "2"], "batch 1 only"
+    else:
+        model, shape, extra, want = rapidocr_model(CLS), (3, 48, 192), ["--shield", "dropout=nosuchnode:0.1"], \
+            "has no such node"
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 256, (4, *shape), dtype=np.uint8), y=np.arange(4) % 2)
+    p = subprocess.run([sys.executable, "-m", "stochastic_shield", "compile", model, "--data", tmp_path / "d.npz",
+                        "-o", tmp_path / "a", *extra], capture_output=True, text=True, cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=600)
+    err = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(err) == 1 and want in err[0] and "Traceback" not in p.stderr, p.stderr[-2000:]
