@@ -169,7 +169,7 @@ def kernel_group(name: str) -> str:
     """The kind of a kernel the VM calls, from its name."""
     if name.startswith("vm.builtin"):
         return "VM builtins"
-    for key, group in (("packed_conv", "packed conv"), ("packed_dense", "packed dense"), ("conv2d", "generic conv"),
+    for key, group in (("packed_depthwise", "packed depthwise"), ("packed_conv", "packed conv"), ("packed_dense", "packed dense"), ("conv2d", "generic conv"),
                        ("dropout", "dropout"), ("matmul", "generic dense"), ("dense", "generic dense"),
                        ("pack", "layout")):
         if key in name:
