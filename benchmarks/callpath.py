@@ -5,7 +5,8 @@ On the shipped model (int8, untuned, host), side by side in one process, rounds 
   predict_logits       ``Deployment.predict_logits(x)`` from a Python loop, one image
   old call path        ``vm["main"](tvm.runtime.tensor(x)).numpy()``: the call path before issue 17
   mc_T{T} in runtime / mc_logits(T)   the shielded artifact (dropout=model) for T in 1, 8, 32
-  threads              the int8 model at batch 32 with ``Deployment(threads=1)`` and ``threads=2``
+  threads              the int8 model at batch 32 with ``Deployment(threads=1)`` and ``threads=2``; one pass and
+                       mc_T32 (and the baseline's) on one thread as well
 Ratios: each Python call to the VM time of the same function; the shield's mc_T to one pass (the
 int8 model's main, in runtime). ``--baseline-shield DIR`` adds another shielded artifact (e.g. one
 compiled by an older commit: the committed run has the 32-bit keep words before 8-bit masks) to the same rounds. Writes JSON and prints a Markdown table; asserts nothing.
@@ -90,12 +91,20 @@ def _systems(work: Path, baseline: Path | None, x: np.ndarray, x32: np.ndarray) 
     for T in T_SET:
         s[f"mc_T{T} in runtime"] = lambda m, T=T: _in_runtime(shield, f"mc_T{T}", [xt, rng], m)
         s[f"mc_logits T={T}"] = lambda m, T=T: _python_loop(lambda: shield.mc_logits(x, T, SEED), m)
+    # the shield against one pass on one thread too: on a busy 2-core machine two threads measure the scheduler
+    int8_1 = Deployment(int8.artifact, threads=1).__enter__()
+    shield_1 = Deployment(shield.artifact, threads=1).__enter__()
+    deps += [int8_1, shield_1]
+    s["1 thread: VM in runtime"] = lambda m: _in_runtime(int8_1, "main", [xt], m)
+    s["1 thread: mc_T32 in runtime"] = lambda m: _in_runtime(shield_1, "mc_T32", [xt, rng], m)
     if baseline is not None:
         base = Deployment(baseline).__enter__()
-        deps.append(base)
+        base_1 = Deployment(base.artifact, threads=1).__enter__()
+        deps += [base, base_1]
         for T in T_SET:
             if f"mc_T{T}" in base.artifact.manifest["functions"]:
                 s[f"baseline mc_T{T} in runtime"] = lambda m, T=T: _in_runtime(base, f"mc_T{T}", [xt, rng], m)
+        s["1 thread: baseline mc_T32 in runtime"] = lambda m: _in_runtime(base_1, "mc_T32", [xt, rng], m)
     x32t = tvm.runtime.tensor(x32, device=int8.dev)
     for n, dep in ((1, one), (2, two)):
         s[f"batch 32, {n} thread(s), in runtime"] = lambda m, dep=dep: _in_runtime(dep, "main", [x32t], m)
@@ -119,7 +128,7 @@ def run(rounds: int, min_s: float, work: Path, baseline: Path | None) -> dict:
             loads.append(round(os.getloadavg()[0], 2))
             for name, measure in systems.items():
                 times[name].append(measure(min_s))
-        threads_reported = {n: d.threads for n, d in ((1, deps[2]), (2, deps[3]))}
+        threads_reported = {n: d.threads for n, d in ((1, deps[2]), (2, deps[3]))}  # the batch-32 pair
     finally:
         for d in deps:
             d.__exit__(None, None, None)
@@ -131,6 +140,10 @@ def run(rounds: int, min_s: float, work: Path, baseline: Path | None) -> dict:
         ratios[f"mc_T{T} / one pass"] = med[f"mc_T{T} in runtime"] / med["VM in runtime"]
         if f"baseline mc_T{T} in runtime" in med:
             ratios[f"baseline mc_T{T} / one pass"] = med[f"baseline mc_T{T} in runtime"] / med["VM in runtime"]
+    ratios["1 thread: mc_T32 / one pass"] = med["1 thread: mc_T32 in runtime"] / med["1 thread: VM in runtime"]
+    if "1 thread: baseline mc_T32 in runtime" in med:
+        ratios["1 thread: baseline mc_T32 / one pass"] = (med["1 thread: baseline mc_T32 in runtime"]
+                                                          / med["1 thread: VM in runtime"])
     ratios["batch 32: 2 threads / 1 thread"] = (med["batch 32, 2 thread(s), in runtime"]
                                                  / med["batch 32, 1 thread(s), in runtime"])
     # Load only adds time: the fastest rounds of each system, compared, are the least disturbed estimate.

@@ -19,10 +19,16 @@ def callpath(res: dict) -> str:
     if "baseline mc_T32 in runtime" in med:
         rows.append(["`mc_T32` in runtime, 32-bit keep words (before 8-bit masks)",
                      f"{med['baseline mc_T32 in runtime']:.1f}", "1.00", f"{r['baseline mc_T32 / one pass']:.2f}"])
+    one = ""
+    if "1 thread: mc_T32 / one pass" in r:
+        one = f" On one thread `mc_T32` / one pass: {r['1 thread: mc_T32 / one pass']:.2f}"
+        if "1 thread: baseline mc_T32 / one pass" in r:
+            one += f" (32-bit keep words: {r['1 thread: baseline mc_T32 / one pass']:.2f})"
+        one += "."
     m, la = res["machine"], res["loadavg_rounds"]
     return (_table(["call (shipped model, int8, batch 1)", "us per call", "/ VM time of the same function",
                     "/ one pass"], rows)
             + f"\n\n_Medians of {res['rounds']} interleaved rounds; the fastest rounds' `predict_logits` / VM: "
               f"{res['ratios_of_fastest_rounds']['predict_logits / VM']:.2f}; batch 32 on 2 threads / 1 thread (in runtime): "
               f"{r['batch 32: 2 threads / 1 thread']:.2f}. {m['cpu']}, {m['usable_cores']} cores, load "
-              f"{min(la):.1f}-{max(la):.1f} during the rounds; {res['date']}._")
+              f"{min(la):.1f}-{max(la):.1f} during the rounds; {res['date']}.{one}_")

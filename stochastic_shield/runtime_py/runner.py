@@ -44,6 +44,7 @@ class Deployment:
         self.dev = None
         self._sess = None
         self._calls: dict = {}  # function name (and T for mc_T{T}) -> BoundCall
+        self._stochastic = self.artifact.stochastic  # read per call: kept, not looked up in the manifest
         self._chw = self.artifact.input_shape[1:]
         self._k = len(self.artifact.classes)
 
@@ -92,7 +93,7 @@ class Deployment:
     @property
     def stochastic(self) -> bool:
         """True for a shielded artifact with MC dropout (entry functions mc_T{T}(x, rng))."""
-        return self.artifact.stochastic
+        return self._stochastic
 
     def set_threads(self, n: int | None) -> int:
         """Split every kernel over N threads of TVM's pool (None: all cores); returns the count TVM reports.
@@ -157,7 +158,7 @@ class Deployment:
 
     def predict_logits(self, x: np.ndarray) -> np.ndarray:
         """Logits (N, K) for images X (N, C, H, W) in [0, 1] from a deterministic artifact (a fresh array)."""
-        if self.stochastic:
+        if self._stochastic:
             raise ShieldError("this artifact is stochastic (MC dropout or a dithered filter): it needs T and a seed "
                               "(fresh by default)",
                               "use mc_logits(x, T) (CLI: --T; --seed only to reproduce a run)")
@@ -193,7 +194,7 @@ class Deployment:
         The seeds are sent to the device as the ``rng`` input of ``mc_T{T}`` (over RPC when remote); a
         deterministic artifact uses none (the list is empty) and repeats its one answer T times.
         """
-        if not self.stochastic:
+        if not self._stochastic:
             return np.repeat(self.predict_logits(x)[:, None], T, axis=1), []  # deterministic: all passes agree
         call = self._calls.get(T) or self._mc_call(T)
         if seed is not None:
