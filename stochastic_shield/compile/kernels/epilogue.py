@@ -100,5 +100,11 @@ def requant_expr(acc, q: list, ep: Epilogue, act_dtype: str, shift: int):
     """
     bias, m0, rnd, n = q
     t = tirx.shift_right(_int32_sum(acc, bias).astype("int64") * m0.astype("int64") + rnd, n)
+    if ep.n.size and int(ep.n.min()) >= 32 and int(np.abs(ep.rnd).max()) <= 2**61:
+        # |int32 * m0 + rnd| <= 2^62 + 2^61, so from n = 32 on the shifted value fits int32: clamp it there
+        # (interleaved A/B: 1x1 conv 16->96 at 112x112 1864 -> 1590 us, depthwise 144ch 56x56 981 -> 769 us)
+        t = t.astype("int32")
+        t = tirx.Min(tirx.Max(t, tirx.const(ep.lo - ep.zp, "int32")), tirx.const(ep.hi - ep.zp, "int32"))
+        return (t + tirx.const(ep.zp + shift, "int32")).astype(act_dtype)
     t = tirx.Min(tirx.Max(t, tirx.const(ep.lo - ep.zp, "int64")), tirx.const(ep.hi - ep.zp, "int64"))
     return (t.astype("int32") + tirx.const(ep.zp + shift, "int32")).astype(act_dtype)
