@@ -96,9 +96,9 @@ def render_page(text: str, tables: dict[str, Table] = TABLES) -> tuple[str, list
             unknown.append(name)
             return m[0]
         body = cache.setdefault(name, tables[name].text())
-        if body != m["body"]:
-            changed.append(name)
         head = f"<!-- table {name}: benchmarks/results/{tables[name].source}, rendered by benchmarks/tables.py; do not edit -->\n"
+        if body != m["body"] or head != m[1]:  # a stale marker names a results file the table no longer reads
+            changed.append(name)
         return head + body + m[4]
 
     return BLOCK.sub(sub, text), changed, unknown
