@@ -45,7 +45,7 @@ class Deployment:
         self._sess = None
         self._calls: dict = {}  # function name (and T for mc_T{T}) -> BoundCall
         self._stochastic = self.artifact.stochastic  # read per call: kept, not looked up in the manifest
-        self._chw = self.artifact.input_shape[1:]
+        self._b, self._chw = self.artifact.batch, self.artifact.input_shape[1:]
         self._k = len(self.artifact.classes)
 
     def __enter__(self) -> "Deployment":
@@ -143,7 +143,7 @@ class Deployment:
 
         EXTRA() gives the inputs after the images for each compiled call.
         """
-        b, n = self.artifact.batch, len(x)
+        b, n = self._b, len(x)
         self.ensure_threads()
         if n == b:
             return call.run(x, *extra())
