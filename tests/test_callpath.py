@@ -131,6 +131,6 @@ def test_threads_setting_changes_the_threads_that_run_the_kernels(int8_b16):
     assert r["reported"] == [1, 2]  # as TVM's runtime reports them, re-applied per deployment in one thread
     one, two, one_again = r["share"]
     assert two > 0.1 and one < 0.03 and one_again < 0.03, r["share"]
-    assert r["set"] == 2 and "more than TVM's thread pool holds here (2)" in r["error"] and r["after_error"] == 2
+    assert r["set"] == 2 and "more than TVM's thread pool holds on this device (2)" in r["error"] and r["after_error"] == 2
     with pytest.raises(ShieldError, match="at least 1"):
         Deployment(int8_b16, threads=0)

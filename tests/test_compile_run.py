@@ -40,9 +40,10 @@ def test_local_output_matches_pytorch(host_artifact, shipped, fashion_test):
 
 def test_host_rpc_board_through_tracker_matches_pytorch(host_artifact, shipped, fashion_test, boards):
     x = fashion_test.as_float(0, 64)
-    with Deployment(host_artifact, Endpoint(boards.tracker, "host", session_timeout=60)) as dep:
+    with Deployment(host_artifact, Endpoint(boards.tracker, "host", session_timeout=60), threads=1) as dep:
         out = dep.predict_logits(x)
         res = evaluate(dep, fashion_test, progress=False)
+        assert dep.threads == 1  # as the board's runtime reports it: set over RPC
     assert np.abs(out - _reference(shipped, x)).max() <= TOL
     assert res["accuracy"] >= 0.85  # 256 real test images; the model scores 92% on all 10000
 

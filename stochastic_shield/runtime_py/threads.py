@@ -90,8 +90,9 @@ def set_pool_threads(n: int, get_function=None) -> int:
     got = int(num_threads())
     if n and got < n:
         config(BIG_CORES, before)
-        raise ShieldError(f"threads={n} is more than TVM's thread pool holds here ({got})",
-                          f"ask for at most {got}, or set {ENV}={n} before the first model runs in this process")
+        raise ShieldError(f"threads={n} is more than TVM's thread pool holds on this device ({got})",
+                          f"ask for at most {got}, or set {ENV}={n} before the first model runs (on a board: in "
+                          "its RPC server's environment)")
     if get_function is None:
         _applied[threading.get_ident()] = n
     return got
