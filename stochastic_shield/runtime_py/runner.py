@@ -32,7 +32,8 @@ class Deployment:
     """An artifact loaded on a device (local or remote); use as a context manager.
 
     THREADS: how many threads of TVM's pool each kernel is split over (None: all the device's cores,
-    the default). See :meth:`set_threads`.
+    the default). See :meth:`set_threads`. Calls reuse the input tensors allocated once (calls.py), so a
+    deployment serves one caller at a time: give each thread its own, as the VM itself needs.
     """
 
     def __init__(self, artifact: Artifact | str, endpoint: Endpoint | None = None, threads: int | None = None):
