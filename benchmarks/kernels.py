@@ -157,6 +157,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--networks", action="store_true", help="packed against generic depthwise on MobileNetV2s")
     ap.add_argument("--rounds", type=int, default=5, help="--networks: interleaved rounds (default 5)")
+    ap.add_argument("--skip-crossover", action="store_true", help="--networks: keep the recorded crossover")
     args = ap.parse_args(argv)
     threads = use_all_cores()
     from stochastic_shield._atomic import atomic_file, write_json
@@ -194,11 +195,20 @@ def networks_main(args, threads) -> int:
     from benchmarks.tables_kernels import kernels_crossover, kernels_depthwise, kernels_networks
     from stochastic_shield._atomic import write_json
 
-    start = machine_info()
-    res = {"networks": kn.run(rounds=args.rounds), "parallel_crossover": kn.crossover()}
-    res["networks_machine"] = start | {"threads": threads, "loadavg": [round(v, 2) for v in os.getloadavg()],
-                                       "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    def machine(start: dict) -> dict:
+        return start | {"threads": threads, "loadavg": [round(v, 2) for v in os.getloadavg()],
+                        "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
     old = json.loads(args.out.read_text()) if args.out.exists() else {"benchmark": "kernels"}
+    start = machine_info()
+    res = {"networks": kn.run(rounds=args.rounds)}
+    res["networks_machine"] = machine(start)
+    if args.skip_crossover and "parallel_crossover" in old:  # keep the last one, with the machine it ran on
+        res["parallel_crossover"] = {"machine": old.get("networks_machine")} | old["parallel_crossover"]
+    else:
+        start = machine_info()
+        res["parallel_crossover"] = kn.crossover()
+        res["parallel_crossover"]["machine"] = machine(start)
     write_json(args.out, old | res)
     for render in (kernels_networks, kernels_depthwise, kernels_crossover):
         print(render(res) + "\n")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from benchmarks.tables_common import _table
 
 
-def _footer(res: dict) -> str:
-    m = res["networks_machine"]
+def _footer(res: dict, m: dict | None = None) -> str:
+    m = m or res["networks_machine"]
     return (f"\n\n_Batch 1 on the host, {m['threads']} TVM threads, rounds alternating between the two builds; "
             f"{m['cpu']}, {m['cores']} cores{' (VM)' if m.get('virtualized') else ''}, load "
             f"{m['loadavg_start'][0]:.1f}-{m['loadavg'][0]:.1f}, {m['created'][:10]}; "
@@ -53,4 +53,5 @@ def kernels_crossover(res: dict) -> str:
     mins = ", ".join(f"{k}: {c[f'{k}_min_flops'] / 1e6:.2f} MFLOP" if c.get(f"{k}_min_flops") else f"{k}: none"
                      for k in ("conv", "depthwise"))
     return (_table(["kind", "network", "MFLOP", "serial us", "parallel us", "serial / parallel"], rows, "llrrrr")
-            + f"\n\nFrom this size on, every larger kernel ran faster on both cores: {mins}." + _footer(res))
+            + f"\n\nFrom this size on, every larger kernel ran faster on both cores: {mins}."
+            + _footer(res, c.get("machine")))
