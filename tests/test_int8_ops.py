@@ -139,3 +139,22 @@ def test_every_row_names_known_layer_kinds_and_no_name_twice():
     kinds = {k.kind for k in LAYER_KINDS}
     assert {op.layer for op in INT8_OPS} <= kinds
     assert len(ATEN) == sum(len(op.aten) for op in INT8_OPS) and len(RELAX) == sum(len(op.relax) for op in INT8_OPS)
+
+
+def test_onnx_sum_of_two_branches_is_an_int8_add(calib):
+    """The model zoo's ResNet-50 and ShuffleNet (opset 9) add residuals with Sum, which TVM stacks first."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from stochastic_shield.compile.onnx_import import import_onnx
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (4, 1, 3, 3)).astype(np.float32), n) for n in ("wa", "wb")]
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "wb"], ["b"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sum", ["a", "b"], ["s"]), helper.make_node("Relu", ["s"], ["y"])]
+    graph = helper.make_graph(nodes, "sum", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    mod, _ = import_onnx(model, [1, 1, 16, 16])
+    _, plan = quantize(optimize(mod), calib[:4], QuantSpec(calib_images=4))
+    assert plan.fp32_layers == [] and "add" in [lay.kind for lay in plan.layers]

@@ -141,6 +141,11 @@ def _importer_class():
                     return self.bb.emit(relax.op.clip(inputs[0], *bounds))
             if op_name in ("Max", "Min") and len(inputs) == 2:  # TVM stacks its operands first: not elementwise
                 return self.bb.emit((relax.op.maximum if op_name == "Max" else relax.op.minimum)(*inputs))
+            if op_name == "Sum" and len(inputs) >= 2:  # the same for Sum (ResNet's residual adds at opset 9)
+                out = inputs[0]
+                for other in inputs[1:]:
+                    out = self.bb.emit(relax.op.add(out, other))
+                return out
             return super()._convert_operator(op_name, inputs, attrs, opset)
 
     return ShieldONNXImporter
