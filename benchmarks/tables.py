@@ -42,6 +42,9 @@ from benchmarks.tables_robustness import (
 )
 from benchmarks.tables_kernels import kernels_crossover, kernels_depthwise, kernels_networks
 from benchmarks.tables_uncertainty import (
+    certify_cost,
+    certify_curve,
+    modules_buys,
     uncertainty_summary,
     uncertainty_targets,
 )
@@ -79,6 +82,9 @@ TABLES: dict[str, Table] = {
     "uncertainty.summary": Table("uncertainty/uncertainty.json", uncertainty_summary),
     "uncertainty.targets": Table("uncertainty/uncertainty.json", uncertainty_targets),
     "onnx.corpus": Table("onnx-corpus.json", onnx_corpus),
+    "certify.curve": Table("certify.json", certify_curve),
+    "certify.cost": Table("certify.json", certify_cost),
+    "modules.buys": Table("modules.json", modules_buys),
 }
 
 # ---------------------------------------------------------------- rewriting and checking the pages

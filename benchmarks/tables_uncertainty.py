@@ -61,19 +61,22 @@ def certify_curve(res: dict) -> str:
     """Certified accuracy at L2 radii per (chain, sigma), beside the smoothed clean accuracy and the attacks."""
     s = res["settings"]
     radii = ["0", "0.25", "0.5", "0.75", "1"]
-    head = ["filter chain", "sigma", "clean (smoothed) %"] + [f"certified @{r} %" for r in radii] + \
+    head = ["filter chain", "sigma", "images (attacked)", "clean (smoothed) %"] + [f"certified @{r} %" for r in radii] + \
         ["abstain %", "APGD-L2 0.25 %", "APGD-L2 0.5 %", "APGD-Linf 0.05 %", "APGD-Linf 0.1 %"]
     rows = []
-    for key, c in sorted(res["cells"].items(), key=lambda kv: (kv[1]["sigma"], kv[0])):
+    chains = ("noise", "noise+bits", "noise+blur", "noise+blur+bits")
+    for key, c in sorted(res["cells"].items(), key=lambda kv: (kv[1]["sigma"], chains.index(kv[1]["chain"]))):
         e = c.get("empirical", {})
-        rows.append([f"`{c['shield'].split(';')[0].removeprefix('filter=')}`", f"{c['sigma']:g}", _pct(c["smoothed_clean"])]
+        rows.append([f"`{c['shield'].split(';')[0].removeprefix('filter=')}`", f"{c['sigma']:g}",
+                     f"{c['images']} ({c['attack_images']})", _pct(c["smoothed_clean"])]
                     + [_pct(c["curve"][r]) for r in radii] + [_pct(c["abstain"])]
                     + [_pct(e.get(k)) for k in ("L2/0.25", "L2/0.5", "Linf/0.05", "Linf/0.1")])
     any_cell = next(iter(res["cells"].values()))
-    note = (f"\n\n_Certified: the first {s['images']} test images, CERTIFY with n0={s['n0']}, n={s['n']}, "
+    note = (f"\n\n_Certified: the first test images of each row, CERTIFY with n0={s['n0']}, n={s['n']}, "
             f"alpha={s['alpha']} (abstentions count as not certified), radii after the grid slack "
             f"({any_cell['radius_slack']:.4f}) and tau ({any_cell['tau']:.1e}). Clean: majority of {s['votes']} passes. "
-            f"Attacks: the first {s['attack_images']} images, {s['attack']} (an upper bound on robust accuracy)._")
+            f"Attacks: the first (attacked) images, {s['attack']} (an upper bound on robust accuracy)."
+            + (f" {res['note']}" if res.get("note") else "") + "_")
     return _table(head, rows) + note
 
 
@@ -89,15 +92,16 @@ def modules_buys(res: dict) -> str:
     head = ["module", "clean %", "robust L-inf 0.05 %", "robust L-inf 0.1 %", "certified L2 0.25 %",
             "certified L2 0.5 %", "ECE", "ECE sev 3", "OOD AUROC", "passes", "cost (x int8 pass)"]
     rows = []
-    for name, r in res["rows"].items():
+    order = ("none", "filter", "dropout", "both", "noise")
+    for name, r in sorted(res["rows"].items(), key=lambda kv: [kv[0].startswith(o) for o in order].index(True)):
         cert = r.get("certified") or {}
         rows.append([name, _pct(r["clean"]), _pct(r["robust_linf"].get("0.05")), _pct(r["robust_linf"].get("0.1")),
                      _pct(cert.get("0.25")), _pct(cert.get("0.5")), _f(r["ece"]), _f(r["ece_corrupt_sev3"]),
                      _f(r["ood_auroc"]), r["passes"], f"{r['cost']['x_int8']:.1f}"])
     noise = next(r for n, r in res["rows"].items() if n.startswith("noise"))
-    first = next(iter(res["rows"].values()))
+    first = res["rows"][next(n for n in res["rows"] if n.startswith("none"))]
     c = res["cost_settings"]
-    note = (f"\n\n_Robust L-inf: the four shield rows are the worst case per image over {first['robust_attack'][14:]} "
+    note = (f"\n\n_Robust L-inf: the four shield rows are the worst case per image over {first['robust_attack'].removeprefix('worst case over ')} "
             f"with EOT on {first['robust_images']} images (benchmarks/results/search-1000); the noise row's attack is "
             f"weaker ({noise['robust_attack']}, {noise['robust_images']} images), so its L-inf numbers are upper "
             f"bounds. Certified: {noise['certified']['images']} images. ECE and OOD AUROC: benchmarks/results/uncertainty "
