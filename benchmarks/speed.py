@@ -258,7 +258,8 @@ def run(args) -> dict:
     res["versions"] = dict(versions(), edge=edge_versions())
     res["settings"] = {"rounds": args.rounds, "min_round_s": args.min_round_s, "threads": args.threads,
                        "calib_images": speed_models.CALIB, "order": list(speed_models.MODELS), "eval_images": speed_models.EVAL, "shield": SHIELD}
-    res["peak"] = res.get("peak") if res.get("peak") and not args.fresh else measure(args.threads)
+    if args.fresh or args.peak or not res.get("peak"):
+        res["peak"] = measure(args.threads)
     for name in args.models:
         if name in res["models"] and "finished" in res["models"][name]:
             if profile_missing(name, res["models"][name], args, res["runs"][0]["commit"]):
@@ -267,6 +268,7 @@ def run(args) -> dict:
         res["models"][name] = measure_model(name, args)
         res["runs"][-1]["loadavg_end"] = list(os.getloadavg())
         write_json(out, res)
+    write_json(out, res)
     from benchmarks import speed_report
 
     speed_report.plot(res, out.with_suffix(".png"))
@@ -282,6 +284,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "results" / "work" / "speed")
     p.add_argument("--fresh", action="store_true", help="drop the results already in --out")
+    p.add_argument("--peak", action="store_true", help="measure the int8 peak again (kept from the first run)")
     a = p.parse_args(argv)
     a.models = [m for m in a.models.split(",") if m]
     unknown = [m for m in a.models if m not in speed_models.MODELS]

@@ -194,12 +194,16 @@ def where_table(res: dict) -> str:
             groups[kernel_group(name)] = groups.get(kernel_group(name), 0.0) + ms
         ratio_, who = ratio(m, t)
         top = sorted(k.items(), key=lambda kv: -kv[1])[:3]
-        out.append([m["info"]["label"], "-" if ratio_ is None else f"{ratio_:.2f}x",
+        more = [_rows(m).get(("ours", u), {}).get("kernels_ms") for u in res["settings"]["threads"][1:]]
+        scale = ", ".join(f"{sum(v for n, v in x.items() if n.startswith('packed')) / packed:.2f}" for x in more
+                          if x and (packed := sum(v for n, v in k.items() if n.startswith("packed"))))
+        out.append([m["info"]["label"], "-" if ratio_ is None else f"{ratio_:.2f}x", scale or "-",
                     ", ".join(f"{g} {100 * v / total:.0f}%" for g, v in sorted(groups.items(), key=lambda kv: -kv[1])
                               if v / total >= 0.01),
                     ", ".join(f"`{n if len(n) <= 24 else n[:23] + '…'}` {_ms({'median_ms': v})} ms" for n, v in top)])
-    return (_table(["model", "ours / best edge peer", "our call's time by kernel kind", "largest kernels"], out,
-                   "lrll")
+    others = ", ".join(str(u) for u in res["settings"]["threads"][1:])
+    return (_table(["model", "ours / best edge peer", f"packed kernels' time at {others} threads / {t}",
+                    "our call's time by kernel kind", "largest kernels"], out, "lrrll")
             + f"\n\n_{t} thread; each packed call of one `main` timed by the VM's instrument hook (median of 5 calls; "
               f"the hook adds microseconds per call, so read the shares). packed: the int8 dot-product kernels; "
               f"generic conv: TVM's default int8 conv2d (no packed kernel for that layer); layout: packing and unpacking "
