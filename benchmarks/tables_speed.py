@@ -15,7 +15,7 @@ def speed_shipped(res: dict) -> str:
                    rows)
             + f"\n\n_Shipped model, shield `{res['shield']}`; {m['rounds']} interleaved rounds, {m['cpu']}, "
               f"{m['cores']} cores{' (VM)' if m.get('virtualized') else ''}, {res['threads']['tvm']} TVM threads, "
-              f"load {la[0]:.1f}-{la[1]:.1f}; `python benchmarks/speed.py`._")
+              f"load {la[0]:.1f}-{la[1]:.1f}; `python benchmarks/speed_shipped.py`._")
 
 
 def kernels_where(res: dict) -> str:
