@@ -272,7 +272,9 @@ def test_shielded_model_tunes_its_dropout_kernel_and_compiles_with_it(two_server
     res = tune(_args(db, tmp_path / "logs", int8=True, shield=shield, tasks=("mc_dropout_l1",), calib=64,
                      data_root=str(fashion_root), tracker=two_servers.tracker, key="host2", trials=2,
                      num_trials_per_iter=2))
-    assert res["status"] == "done" and res["trials_after"] == 2
+    # 1 or 2: the mask kernel's design space is tiny, so after the seeded default schedule the evolutionary search
+    # may find one distinct candidate only ("Sending 1 candidates(s)"); what matters is below: a record, and compile uses it
+    assert res["status"] == "done" and 1 <= res["trials_after"] <= 2, res
     names = [t["task"] for t in D.show(db)["tasks"]]
     assert any("mc_dropout" in n for n in names), names
     x = load_fashion_mnist("test", fashion_root).as_float(0, 2)
