@@ -18,6 +18,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 NETWORKS = ("mobilenet_v2_100", "mobilenet_v2_035")
+CROSSOVER_NETWORKS = ("mobilenet_v2_100", "resnet18", "mobilenet_v2_035")
 VARIANTS = {"generic depthwise": ("conv", "dense"), "packed": ("conv", "depthwise", "dense")}
 
 
@@ -111,7 +112,7 @@ def compare(name: str, rounds: int = 5) -> dict:
     return out
 
 
-def crossover(networks=NETWORKS, rounds: int = 3) -> dict:
+def crossover(networks=CROSSOVER_NETWORKS, rounds: int = 3) -> dict:
     """Each packed conv / depthwise kernel of NETWORKS scheduled serial and parallel, timed alternately.
 
     Returns the rows (kind, flops, serial us, parallel us) and the smallest flops from which the

@@ -174,7 +174,8 @@ def _divisor_at_most(n: int, cap: int) -> int:
 
 
 def schedule_conv(func, isa: Isa, parallel: bool) -> s_tir.Schedule:
-    """The default schedule: output rows outside, the conv rows one output row needs computed inside it.
+    """The default schedule: (channel block, output row) pairs outside, the conv rows one output row needs
+    computed inside each.
 
     Inside: output columns register-blocked (up to isa.ow_block accumulators per lane group, unrolled),
     the 16 output channels as the intrinsic's lanes, the 4-deep reduction tensorized. Order matters
@@ -184,11 +185,15 @@ def schedule_conv(func, isa: Isa, parallel: bool) -> s_tir.Schedule:
     out, conv = sch.get_sblock("out"), sch.get_sblock("conv")
     pad = _maybe_block(sch, "data_pad")
     n, c, r, _, _ = sch.get_loops(out)
+    # the threads split (channel block, output row) pairs: at batch 1 the image loop has one iteration,
+    # and channel blocks alone are often fewer than, or not a multiple of, the cores (ResNet-18's 3x3
+    # 64->64 at 56x56 with the image loop parallel: 2 threads 316 us, 1 thread 349; split here: 223 us)
+    cr = sch.fuse(c, r)
     if parallel:
-        sch.parallel(n if pad is not None else sch.fuse(n, c))
-    sch.compute_at(conv, r)
+        sch.parallel(cr)
+    sch.compute_at(conv, cr)
     if pad is not None:
-        sch.compute_at(pad, sch.get_loops(out)[0])  # once per image
+        sch.compute_at(pad, n)  # once per image, before the parallel loop
     axes = _loops_by_axis(sch, conv)  # compute_at drops loops of extent 1: find each axis' loop
     ow, ob = axes[3], axes[4]
     red = [lp for lp in axes[5:] if lp is not None]
@@ -206,7 +211,10 @@ def schedule_conv(func, isa: Isa, parallel: bool) -> s_tir.Schedule:
         sch.unroll(lp)
     sch.vectorize(sch.get_loops(out)[-1])
     if pad is not None:
-        sch.vectorize(sch.get_loops(pad)[-1])
+        pad_loops = sch.get_loops(pad)
+        sch.vectorize(pad_loops[-1])
+        if parallel:
+            sch.parallel(pad_loops[1])  # its channel blocks
     return sch
 
 

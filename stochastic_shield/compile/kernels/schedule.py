@@ -24,10 +24,12 @@ from .isa import ISAS
 from .pack_int8 import ISA_ATTR, KERNEL_ATTR
 
 SCHEDULES = {"conv": schedule_conv, "depthwise": schedule_depthwise, "dense": schedule_dense}
-# a packed conv / depthwise / dense gets a parallel loop from here (conv1 at batch 32: 54 -> 32 us); the serial /
-# parallel crossover of every MobileNetV2 kernel (benchmarks/results/kernels.json "parallel_crossover", docs/kernels.md)
-# put depthwise at 8.8 MFLOP, but was measured under load 7-8: rerun it on a quiet machine before moving this
-PARALLEL_MIN_FLOPS = 10e6
+# a packed kernel gets a parallel loop from this estimated size (estimate_tir_flops) on: the serial / parallel
+# crossover of every conv and depthwise kernel of MobileNetV2-1.0, -0.35 and ResNet-18, measured on a quiet
+# 2-core machine (benchmarks/results/kernels.json "parallel_crossover", docs/kernels.md): from 2.84 MFLOP every
+# larger conv and from 0.11 MFLOP every larger depthwise kernel ran faster on both cores (the 10 MFLOP used
+# before for all kinds left nearly every MobileNetV2 depthwise layer on one core). Dense was not measured.
+PARALLEL_MIN_FLOPS = {"conv": 2.8e6, "depthwise": 0.11e6, "dense": 10e6}
 INJECTIVE_PARALLEL = 1 << 16  # elements from which an injective kernel is split over the cores
 _LANES = 16
 
@@ -69,7 +71,9 @@ def _schedule_injective(func) -> s_tir.Schedule | None:
     for e in extents:
         total *= e
     if total >= INJECTIVE_PARALLEL and len(loops) > 1:
-        sch.parallel(loops[0])
+        # every outer loop fused: the batch loop alone has one iteration at batch 1 (MobileNetV2's input
+        # quantize and packing, 150k elements, took as long on 2 threads as on 1)
+        sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
     return sch
 
 
@@ -79,8 +83,8 @@ def default_schedule(func: tirx.PrimFunc) -> s_tir.Schedule | None:
     try:
         if KERNEL_ATTR in attrs:
             isa = ISAS[str(attrs[ISA_ATTR])]
-            parallel = _flops(func) >= PARALLEL_MIN_FLOPS
-            return SCHEDULES[str(attrs[KERNEL_ATTR])](func, isa, parallel)
+            kind = str(attrs[KERNEL_ATTR])
+            return SCHEDULES[kind](func, isa, _flops(func) >= PARALLEL_MIN_FLOPS[kind])
         if mc_dropout_info(func) is not None:
             return schedule_mc_dropout(func)
         return _schedule_injective(func)
