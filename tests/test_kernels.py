@@ -99,6 +99,38 @@ class Depthwise(nn.Module):
         return self.fc(self.pw(torch.relu(self.dw2(x))).flatten(1))
 
 
+class Residual(nn.Module):
+    """ResNet's stem and first block on 20 channels: conv 3x3/2, max pool 3x3/2 with padding (overlapping windows:
+    not a conv's epilogue), then two convs and the identity add; a 1x1 conv and its add, a dense."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 20, 3, 2, 1)
+        self.c1, self.c2, self.c3 = nn.Conv2d(20, 20, 3, padding=1), nn.Conv2d(20, 20, 3, padding=1), nn.Conv2d(20, 20, 1)
+        self.fc = nn.Linear(20 * 7 * 7, 10)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(torch.relu(self.stem(x)), 3, 2, 1)
+        x = torch.relu(x + self.c2(torch.relu(self.c1(x))))
+        x = x + self.c3(x)
+        return self.fc(x.flatten(1))
+
+
+class Tables(nn.Module):
+    """Hard-swish (one table) and tanh times a slope per channel (a table per channel: 20 is no multiple of 16)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 20, 3, 2, 1), nn.Conv2d(20, 20, 3, 2, 1)
+        self.slope = nn.Parameter(torch.linspace(-0.5, 0.5, 20).reshape(1, 20, 1, 1))
+        self.fc = nn.Linear(20 * 7 * 7, 10)
+
+    def forward(self, x):
+        x = self.c2(nn.functional.hardswish(self.c1(x)))
+        x = torch.tanh(x) * self.slope
+        return self.fc(x.flatten(1))
+
+
 def _rgb(x: np.ndarray) -> np.ndarray:
     """Grey images as 3 different channels."""
     return np.concatenate([x, 1.0 - x, x * x], axis=1).astype(np.float32)
@@ -151,6 +183,39 @@ def test_depthwise_layers_are_packed_and_bit_exact(batch, images, calib):
     assert len(dw) == 2 and all("tirx.is_scheduled" in f.attrs for f in dw)
     ex = build(packed, HOST)
     rng = np.random.default_rng(3)
+    for x in (_rgb(images[:batch]), rng.random((batch, 3, 28, 28), dtype=np.float32)):
+        np.testing.assert_array_equal(_run(ex, "main", x), run_reference(plan, x))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_residual_adds_and_padded_max_pool_stay_packed_and_bit_exact(batch, images, calib):
+    _needs_host_isa()
+    torch.manual_seed(0)
+    qmod, plan = quantize(optimize(import_model(Residual().eval(), (batch, 3, 28, 28))), _rgb(calib),
+                          QuantSpec(calib_images=len(calib)))
+    calls = _calls(pack_int8(qmod, HOST), "main")
+    # the max pool and both adds run on packed values: no layout conversion between the stem and the dense
+    kinds = [c.rstrip("0123456789") for c in calls]
+    assert kinds.count("packed_max_pool") == 1 and kinds.count("packed_add") == 2, calls
+    assert not [c for c in calls if c.rstrip("0123456789") in ("pack", "unpack")], calls
+    ex = build(pack_int8(qmod, HOST), HOST)
+    rng = np.random.default_rng(5)
+    for x in (_rgb(images[:batch]), rng.random((batch, 3, 28, 28), dtype=np.float32)):
+        np.testing.assert_array_equal(_run(ex, "main", x), run_reference(plan, x))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_table_activations_stay_packed_and_bit_exact(batch, images, calib):
+    _needs_host_isa()
+    torch.manual_seed(0)
+    qmod, plan = quantize(optimize(import_model(Tables().eval(), (batch, 3, 28, 28))), _rgb(calib),
+                          QuantSpec(calib_images=len(calib)))
+    assert sorted(lay.table.ndim for lay in plan.layers if lay.kind == "lut") == [1, 2]
+    calls = [c.rstrip("0123456789") for c in _calls(pack_int8(qmod, HOST), "main")]
+    assert calls.count("packed_lut") == 2 and "relax.take" not in calls, calls
+    assert not [c for c in calls if c in ("pack", "unpack")], calls
+    ex = build(pack_int8(qmod, HOST), HOST)
+    rng = np.random.default_rng(9)
     for x in (_rgb(images[:batch]), rng.random((batch, 3, 28, 28), dtype=np.float32)):
         np.testing.assert_array_equal(_run(ex, "main", x), run_reference(plan, x))
 

@@ -7,6 +7,10 @@ packed value flows on through what can take it as it is:
   flatten (reshape to [N, C*H*W]) of a conv output  a view; the next dense permutes its weight rows
   repeat along the batch (the shield's T rows)      on the packed rows
   MC dropout on features in logical order           the same Philox kernel on the codes (+ shift)
+  a residual add of two "nchwc" values (one packed:  packed_ops.py: the emitter's add arithmetic on the codes
+    the other is packed once, for all its readers)
+  a max pool (any padding) of an "nchwc" value       packed_ops.py: the window on the codes
+  a lookup-table activation of an "nchwc" value      packed_ops.py: the table indexed by the codes
 Anything else reads the logical int8 tensor, converted back once where first needed, so layout
 conversions sit only at the boundaries of packed regions. A dropout needs its elements in NCHW
 order (its Philox counters use the flat NCHW index), so a flatten feeding one is put back into
@@ -30,6 +34,7 @@ from . import layout
 from .epilogue import BLOCK, blocks, compensated_bias, requant_arrays
 from .isa import Isa, select_isa
 from .match import KINDS, Anchor, find_anchors, layer_sites, uses
+from .packed_ops import find_adds, find_luts, max_pool, packed_add, packed_lut
 
 KERNEL_ATTR = "shield.packed_kernel"  # "conv" | "depthwise" | "dense": which default schedule (schedule.py) applies
 ISA_ATTR = "shield.packed_isa"
@@ -52,6 +57,9 @@ class _Rewriter:
         self.ret = func.body.body
         self.anchors = find_anchors(func, kinds)
         self.replaced = set().union(*(a.replaced for a in self.anchors.values())) if self.anchors else set()
+        users = uses(self.bindings, self.ret)
+        self.adds, self.luts = find_adds(self.bindings, users), find_luts(self.bindings, users)
+        self.chain_parts = {b.var for a in [*self.adds.values(), *self.luts.values()] for b in a.bindings}
         self.env: dict = {}      # old var -> new expression of its logical value
         self.packed: dict = {}   # old var -> (new packed expression, layout.Packed)
         self.deferred: dict = {}  # old var of a folded repeat -> its input's (packed expression, Packed)
@@ -135,7 +143,10 @@ class _Rewriter:
         if spec is not None and spec.rows:
             return self._te(layout.to_rows, x_logical, "pack_rows", spec=spec, isa=self.isa), None
         form = layout.Packed("nchwc", *shape)
-        return self._te(layout.to_nchwc, x_logical, "pack", isa=self.isa), form
+        y = self._te(layout.to_nchwc, x_logical, "pack", isa=self.isa)
+        if isinstance(x, relax.Var):  # packed once: every later reader of X takes this (ResNet's stem, two convs)
+            self.packed[x] = (y, form)
+        return y, form
 
     def _te(self, fn, x, name: str, **static):
         """Emit conversion FN of X (its other arguments bound) as a TE kernel FuseOps may merge."""
@@ -198,6 +209,8 @@ class _Rewriter:
             return self._mc_dropout(b, v, info)
         if _op(v) == "relax.repeat":
             return self._repeat(b, v)
+        if _op(v) == "relax.nn.max_pool2d":
+            return self._max_pool(b, v)
         return _op(v) == "relax.reshape" and self._flatten(b, v)
 
     def _mc_dropout(self, b, v, info) -> bool:
@@ -230,6 +243,23 @@ class _Rewriter:
         self.packed[b.var] = (self.bb.emit(relax.op.repeat(expr, reps, axis=0)), form.with_rows(form.n * reps))
         return True
 
+    def _max_pool(self, b, v) -> bool:
+        """A max pool (NCHW, no dilation or ceil mode) of a packed value runs on the packed codes."""
+        x, a = v.args[0], v.attrs
+        if x not in self.packed or self.packed[x][1].kind != "nchwc":
+            return False
+        if (str(a.layout), str(a.out_layout)) != ("NCHW", "NCHW") or bool(a.ceil_mode) \
+                or any(int(d) != 1 for d in a.dilation):
+            return False
+        expr, form = self.packed[x]
+        n, c, oh, ow = (int(d) for d in b.var.ty.shape)
+        pool = functools.partial(max_pool, out_hw=(oh, ow), pool=tuple(int(p) for p in a.pool_size),
+                                 strides=tuple(int(s) for s in a.strides),
+                                 padding=tuple(int(p) for p in a.padding), isa=self.isa)
+        self.packed[b.var] = (self.bb.emit_te(pool, expr, primfunc_name_hint="packed_max_pool"),
+                              layout.Packed("nchwc", n, c, oh, ow))
+        return True
+
     def _flatten(self, b, v) -> bool:
         x = v.args[0]
         if x not in self.packed or b.var not in self.wants_packed:
@@ -251,21 +281,56 @@ class _Rewriter:
         gv = self.bb.add_func(func.with_attr("op_pattern", 8), "to_logical_order")
         return self.bb.emit(relax.call_tir(gv, [expr], relax.TensorType(out.shape, self.isa.act_dtype))), out
 
+    def add(self, a) -> None:
+        """A residual add of two packed values of one form stays packed; else its chain is emitted as it was."""
+        px, py = self.packed.get(a.x), self.packed.get(a.y)
+        if (px is None) != (py is None) and (px or py)[1].kind == "nchwc":  # pack the other (once, for all readers)
+            self.packed_input(a.y if px is not None else a.x, "conv")
+            px, py = self.packed.get(a.x), self.packed.get(a.y)
+        if px is not None and py is not None and px[1].kind == "nchwc" and px[1] == py[1]:
+            y = self.bb.emit_te(functools.partial(packed_add, a=a, isa=self.isa), px[0], py[0],
+                                primfunc_name_hint="packed_add")
+            self.packed[a.out] = (y, px[1])
+            return
+        for b in a.bindings:
+            self.generic(b)
+
+    def lut(self, a) -> None:
+        """A table lookup of a packed "nchwc" value stays packed; else its chain is emitted as it was."""
+        px = self.packed.get(a.x)
+        if px is not None and px[1].kind == "nchwc":
+            y = self.bb.emit_te(functools.partial(packed_lut, a=a, isa=self.isa), px[0], _c(a.table),
+                                primfunc_name_hint="packed_lut")
+            self.packed[a.out] = (y, px[1])
+            return
+        for b in a.bindings:
+            self.generic(b)
+
     def binding(self, b) -> None:
         if b.var in self.anchors:
             a = self.anchors[b.var]
             {"conv": self.conv, "depthwise": self.depthwise, "dense": self.dense}[a.kind](a)
         elif b.var in self.replaced:
             return
+        elif b.var in self.adds:
+            self.add(self.adds[b.var])
+        elif b.var in self.luts:
+            self.lut(self.luts[b.var])
+        elif b.var in self.chain_parts:
+            return  # emitted with the chain's last binding
         elif not self.passthrough(b):
-            v = b.value
-            if isinstance(v, relax.Call):
-                v = relax.Call(v.op, [self.sub(a) for a in v.args], v.attrs, v.ty_args)
-            elif isinstance(v, relax.TupleGetItem):
-                v = relax.TupleGetItem(self.sub(v.tuple_value), v.index)
-            else:
-                v = self.sub(v)
-            self.env[b.var] = self.bb.emit(v, name_hint=b.var.name)
+            self.generic(b)
+
+    def generic(self, b) -> None:
+        """B re-emitted as it was, reading logical values."""
+        v = b.value
+        if isinstance(v, relax.Call):
+            v = relax.Call(v.op, [self.sub(a) for a in v.args], v.attrs, v.ty_args)
+        elif isinstance(v, relax.TupleGetItem):
+            v = relax.TupleGetItem(self.sub(v.tuple_value), v.index)
+        else:
+            v = self.sub(v)
+        self.env[b.var] = self.bb.emit(v, name_hint=b.var.name)
 
 
 def _rewritable(func) -> bool:
