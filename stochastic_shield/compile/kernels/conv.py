@@ -22,6 +22,9 @@ from .epilogue import BLOCK, Epilogue, blocks, requant_expr, requant_placeholder
 from .isa import Isa
 
 ROWS_MAX_CIN = 8  # "rows" for fewer input channels than this when the input is not packed already
+# padded bytes from which one image's padding is split over the cores (a second parallel launch costs about a
+# microsecond: the shipped conv1's 8 KB padding took 11.2 us split, 9.8 us with the conv's split alone)
+PAD_PARALLEL = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -174,8 +177,8 @@ def _divisor_at_most(n: int, cap: int) -> int:
 
 
 def schedule_conv(func, isa: Isa, parallel: bool) -> s_tir.Schedule:
-    """The default schedule: (channel block, output row) pairs outside, the conv rows one output row needs
-    computed inside each.
+    """The default schedule: images (batch) or (channel block, output row) pairs (one image) outside, the conv
+    rows one output row needs computed inside each.
 
     Inside: output columns register-blocked (up to isa.ow_block accumulators per lane group, unrolled),
     the 16 output channels as the intrinsic's lanes, the 4-deep reduction tensorized. Order matters
@@ -185,15 +188,30 @@ def schedule_conv(func, isa: Isa, parallel: bool) -> s_tir.Schedule:
     out, conv = sch.get_sblock("out"), sch.get_sblock("conv")
     pad = _maybe_block(sch, "data_pad")
     n, c, r, _, _ = sch.get_loops(out)
-    # the threads split (channel block, output row) pairs: at batch 1 the image loop has one iteration,
-    # and channel blocks alone are often fewer than, or not a multiple of, the cores (ResNet-18's 3x3
-    # 64->64 at 56x56 with the image loop parallel: 2 threads 316 us, 1 thread 349; split here: 223 us)
-    cr = sch.fuse(c, r)
-    if parallel:
-        sch.parallel(cr)
-    sch.compute_at(conv, cr)
-    if pad is not None:
-        sch.compute_at(pad, n)  # once per image, before the parallel loop
+    batch = int(sch.get(n).extent)
+    if batch > 1:
+        # a batch: the threads split images (or image and channel block pairs), each image padded inside
+        # its iteration (the shipped model at batch 32: 255 us; one parallel loop over (image, block, row)
+        # triples after the whole batch's padding: 348 us)
+        if parallel:
+            sch.parallel(n if pad is not None else sch.fuse(n, c))
+        sch.compute_at(conv, r)
+        if pad is not None:
+            sch.compute_at(pad, sch.get_loops(out)[0])  # once per image
+    else:
+        # one image: the threads split (channel block, output row) pairs after the padding, a stage of its
+        # own; the image loop has one iteration and channel blocks alone are often fewer than, or not a
+        # multiple of, the cores (ResNet-18's 3x3 64->64 at 56x56: 2 threads 316 us, 1 thread 349; split
+        # over pairs: 223 us)
+        cr = sch.fuse(c, r)
+        if parallel:
+            sch.parallel(cr)
+        sch.compute_at(conv, cr)
+        if pad is not None:
+            pad_loops = sch.get_loops(pad)
+            sch.vectorize(pad_loops[-1])
+            if parallel and np.prod([int(sch.get(lp).extent) for lp in pad_loops]) >= PAD_PARALLEL:
+                sch.parallel(sch.fuse(*pad_loops[:3]))
     axes = _loops_by_axis(sch, conv)  # compute_at drops loops of extent 1: find each axis' loop
     ow, ob = axes[3], axes[4]
     red = [lp for lp in axes[5:] if lp is not None]
@@ -210,11 +228,8 @@ def schedule_conv(func, isa: Isa, parallel: bool) -> s_tir.Schedule:
     for lp in owi:
         sch.unroll(lp)
     sch.vectorize(sch.get_loops(out)[-1])
-    if pad is not None:
-        pad_loops = sch.get_loops(pad)
-        sch.vectorize(pad_loops[-1])
-        if parallel:
-            sch.parallel(pad_loops[1])  # its channel blocks
+    if pad is not None and batch > 1:
+        sch.vectorize(sch.get_loops(pad)[-1])
     return sch
 
 
