@@ -178,7 +178,10 @@ def main(argv=None) -> int:
     machine = machine_info() | {"threads": threads, "loadavg": [round(v, 2) for v in os.getloadavg()],
                                 "db": str(args.db) if args.db else None, "versions": versions(),
                                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    write_json(args.out, {"benchmark": "kernels", "machine": machine, "results": results})
+    import json
+
+    old = json.loads(args.out.read_text()) if args.out.exists() else {}  # keep the --networks results
+    write_json(args.out, old | {"benchmark": "kernels", "machine": machine, "results": results})
     text = markdown(results, machine)
     with atomic_file(args.out.with_suffix(".md")) as f:
         f.write(text + "\n")
