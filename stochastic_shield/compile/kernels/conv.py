@@ -189,6 +189,14 @@ def schedule_conv(func, isa: Isa, parallel: bool) -> s_tir.Schedule:
     pad = _maybe_block(sch, "data_pad")
     n, c, r, _, _ = sch.get_loops(out)
     batch = int(sch.get(n).extent)
+    # a short output row leaves few accumulators per tile (a 7-wide row: 7 of 14 on VNNI, below what hides the
+    # dot product's latency): tile CT channel blocks too, so that CT x columns accumulators share each broadcast
+    reg = _divisor_at_most(int(sch.get(sch.get_loops(conv)[3]).extent), isa.ow_block)
+    ct = _divisor_at_most(int(sch.get(c).extent), max(1, isa.ow_block // (reg * (BLOCK // isa.lanes))))
+    ci = None
+    if ct > 1:
+        c, ci = sch.split(c, [None, ct])
+        sch.reorder(r, ci)
     if batch > 1:
         # a batch: the threads split images (or image and channel block pairs), each image padded inside
         # its iteration (the shipped model at batch 32: 255 us; one parallel loop over (image, block, row)
@@ -218,14 +226,14 @@ def schedule_conv(func, isa: Isa, parallel: bool) -> s_tir.Schedule:
     obo, obi = sch.split(ob, [None, isa.lanes])
     head, owi = [], []
     if ow is not None:
-        reg = _divisor_at_most(int(sch.get(ow).extent), isa.ow_block)
         owo, owi = sch.split(ow, [None, reg])
         head, owi = [owo], [owi]
-    order = [*head, *red[:-1], obo, *owi, obi, red[-1]]
+    cin_ = [axes[1]] if ci is not None and axes[1] is not None else []
+    order = [*head, *red[:-1], obo, *cin_, *owi, obi, red[-1]]
     sch.reorder(*order)
     sch.decompose_reduction(conv, order[1] if head else order[0])
     sch.tensorize(obi, isa.intrin)
-    for lp in owi:
+    for lp in [*cin_, *owi]:
         sch.unroll(lp)
     sch.vectorize(sch.get_loops(out)[-1])
     if pad is not None and batch > 1:
