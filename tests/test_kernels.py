@@ -136,6 +136,21 @@ def _rgb(x: np.ndarray) -> np.ndarray:
     return np.concatenate([x, 1.0 - x, x * x], axis=1).astype(np.float32)
 
 
+def _quantized_rgb(net: type, batch: int, calib):
+    """(int8 module, plan) of NET (seeded) on 3x28x28 inputs, calibrated on CALIB as RGB."""
+    torch.manual_seed(0)
+    mod = optimize(import_model(net().eval(), (batch, 3, 28, 28)))
+    return quantize(mod, _rgb(calib), QuantSpec(calib_images=len(calib)))
+
+
+def _assert_bit_exact_rgb(packed, plan, images, batch: int, seed: int) -> None:
+    """PACKED built for the host equals the numpy reference on test images and on uniform noise."""
+    ex = build(packed, HOST)
+    rng = np.random.default_rng(seed)
+    for x in (_rgb(images[:batch]), rng.random((batch, 3, 28, 28), dtype=np.float32)):
+        np.testing.assert_array_equal(_run(ex, "main", x), run_reference(plan, x))
+
+
 @pytest.mark.parametrize("batch", [1, 4])
 def test_shipped_model_packed_is_bit_exact_with_fewer_kernels(batch, images, fashion_root):
     _needs_host_isa()
@@ -154,24 +169,16 @@ def test_shipped_model_packed_is_bit_exact_with_fewer_kernels(batch, images, fas
 @pytest.mark.parametrize("batch", [1, 4])
 def test_odd_channel_counts_are_padded_and_bit_exact(batch, images, calib):
     _needs_host_isa()
-    torch.manual_seed(0)
-    model = OddChannels().eval()
-    mod = optimize(import_model(model, (batch, 3, 28, 28)))
-    qmod, plan = quantize(mod, _rgb(calib), QuantSpec(calib_images=len(calib)))
+    qmod, plan = _quantized_rgb(OddChannels, batch, calib)
     packed = pack_int8(qmod, HOST)
     assert sum(c.startswith("packed_") for c in _calls(packed, "main")) == 4
-    ex = build(packed, HOST)
-    rng = np.random.default_rng(7)
-    for x in (_rgb(images[:batch]), rng.random((batch, 3, 28, 28), dtype=np.float32)):
-        np.testing.assert_array_equal(_run(ex, "main", x), run_reference(plan, x))
+    _assert_bit_exact_rgb(packed, plan, images, batch, seed=7)
 
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_depthwise_layers_are_packed_and_bit_exact(batch, images, calib):
     _needs_host_isa()
-    torch.manual_seed(0)
-    qmod, plan = quantize(optimize(import_model(Depthwise().eval(), (batch, 3, 28, 28))), _rgb(calib),
-                          QuantSpec(calib_images=len(calib)))
+    qmod, plan = _quantized_rgb(Depthwise, batch, calib)
     report: dict = {}
     packed = pack_int8(qmod, HOST, report)
     kinds = [(lay["kind"], lay["packed"]) for lay in report["functions"]["main"]]
@@ -181,43 +188,32 @@ def test_depthwise_layers_are_packed_and_bit_exact(batch, images, calib):
         smod = DefaultSchedules()(lower(packed, HOST))
     dw = [f for gv, f in smod.functions.items() if gv.name_hint.startswith("packed_depthwise")]
     assert len(dw) == 2 and all("tirx.is_scheduled" in f.attrs for f in dw)
-    ex = build(packed, HOST)
-    rng = np.random.default_rng(3)
-    for x in (_rgb(images[:batch]), rng.random((batch, 3, 28, 28), dtype=np.float32)):
-        np.testing.assert_array_equal(_run(ex, "main", x), run_reference(plan, x))
+    _assert_bit_exact_rgb(packed, plan, images, batch, seed=3)
 
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_residual_adds_and_padded_max_pool_stay_packed_and_bit_exact(batch, images, calib):
     _needs_host_isa()
-    torch.manual_seed(0)
-    qmod, plan = quantize(optimize(import_model(Residual().eval(), (batch, 3, 28, 28))), _rgb(calib),
-                          QuantSpec(calib_images=len(calib)))
-    calls = _calls(pack_int8(qmod, HOST), "main")
+    qmod, plan = _quantized_rgb(Residual, batch, calib)
+    packed = pack_int8(qmod, HOST)
+    calls = _calls(packed, "main")
     # the max pool and both adds run on packed values: no layout conversion between the stem and the dense
     kinds = [c.rstrip("0123456789") for c in calls]
     assert kinds.count("packed_max_pool") == 1 and kinds.count("packed_add") == 2, calls
     assert not [c for c in calls if c.rstrip("0123456789") in ("pack", "unpack")], calls
-    ex = build(pack_int8(qmod, HOST), HOST)
-    rng = np.random.default_rng(5)
-    for x in (_rgb(images[:batch]), rng.random((batch, 3, 28, 28), dtype=np.float32)):
-        np.testing.assert_array_equal(_run(ex, "main", x), run_reference(plan, x))
+    _assert_bit_exact_rgb(packed, plan, images, batch, seed=5)
 
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_table_activations_stay_packed_and_bit_exact(batch, images, calib):
     _needs_host_isa()
-    torch.manual_seed(0)
-    qmod, plan = quantize(optimize(import_model(Tables().eval(), (batch, 3, 28, 28))), _rgb(calib),
-                          QuantSpec(calib_images=len(calib)))
+    qmod, plan = _quantized_rgb(Tables, batch, calib)
     assert sorted(lay.table.ndim for lay in plan.layers if lay.kind == "lut") == [1, 2]
-    calls = [c.rstrip("0123456789") for c in _calls(pack_int8(qmod, HOST), "main")]
+    packed = pack_int8(qmod, HOST)
+    calls = [c.rstrip("0123456789") for c in _calls(packed, "main")]
     assert calls.count("packed_lut") == 2 and "relax.take" not in calls, calls
     assert not [c for c in calls if c in ("pack", "unpack")], calls
-    ex = build(pack_int8(qmod, HOST), HOST)
-    rng = np.random.default_rng(9)
-    for x in (_rgb(images[:batch]), rng.random((batch, 3, 28, 28), dtype=np.float32)):
-        np.testing.assert_array_equal(_run(ex, "main", x), run_reference(plan, x))
+    _assert_bit_exact_rgb(packed, plan, images, batch, seed=9)
 
 
 def test_shield_T_passes_packed_are_bit_exact(images, fashion_root):

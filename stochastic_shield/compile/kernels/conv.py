@@ -206,6 +206,7 @@ def schedule_conv(func, isa: Isa, parallel: bool) -> s_tir.Schedule:
         sch.compute_at(conv, r)
         if pad is not None:
             sch.compute_at(pad, sch.get_loops(out)[0])  # once per image
+            sch.vectorize(sch.get_loops(pad)[-1])
     else:
         # one image: the threads split (channel block, output row) pairs after the padding, a stage of its
         # own; the image loop has one iteration and channel blocks alone are often fewer than, or not a
@@ -236,8 +237,6 @@ def schedule_conv(func, isa: Isa, parallel: bool) -> s_tir.Schedule:
     for lp in [*cin_, *owi]:
         sch.unroll(lp)
     sch.vectorize(sch.get_loops(out)[-1])
-    if pad is not None and batch > 1:
-        sch.vectorize(sch.get_loops(pad)[-1])
     return sch
 
 

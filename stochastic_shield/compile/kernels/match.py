@@ -64,6 +64,11 @@ def _per_channel(e, o: int, dtype) -> np.ndarray | None:
     return np.broadcast_to(a.reshape(-1), (o,)).astype(dtype)
 
 
+def op_name(e) -> str:
+    """The Relax op a binding's value calls ("relax.add", ...), or "" when it is no call of an op."""
+    return getattr(e.op, "name", "") if isinstance(e, relax.Call) else ""
+
+
 def _scalar(e) -> int | None:
     a = _const(e)
     return int(a.reshape(-1)[0]) if a is not None and a.size == 1 else None

@@ -34,6 +34,7 @@ from . import layout
 from .epilogue import BLOCK, blocks, compensated_bias, requant_arrays
 from .isa import Isa, select_isa
 from .match import KINDS, Anchor, find_anchors, layer_sites, uses
+from .match import op_name as _op
 from .packed_ops import find_adds, find_luts, max_pool, packed_add, packed_lut
 
 KERNEL_ATTR = "shield.packed_kernel"  # "conv" | "depthwise" | "dense": which default schedule (schedule.py) applies
@@ -42,10 +43,6 @@ ISA_ATTR = "shield.packed_isa"
 
 def _c(a: np.ndarray) -> relax.Expr:
     return relax.const(a, str(a.dtype))
-
-
-def _op(e) -> str:
-    return getattr(e.op, "name", "") if isinstance(e, relax.Call) else ""
 
 
 class _Rewriter:
@@ -287,24 +284,23 @@ class _Rewriter:
         if (px is None) != (py is None) and (px or py)[1].kind == "nchwc":  # pack the other (once, for all readers)
             self.packed_input(a.y if px is not None else a.x, "conv")
             px, py = self.packed.get(a.x), self.packed.get(a.y)
-        if px is not None and py is not None and px[1].kind == "nchwc" and px[1] == py[1]:
-            y = self.bb.emit_te(functools.partial(packed_add, a=a, isa=self.isa), px[0], py[0],
-                                primfunc_name_hint="packed_add")
-            self.packed[a.out] = (y, px[1])
-            return
-        for b in a.bindings:
-            self.generic(b)
+        packed = px is not None and py is not None and px[1].kind == "nchwc" and px[1] == py[1]
+        self._chain(a, packed_add, [px[0], py[0]] if packed else None, px and px[1])
 
     def lut(self, a) -> None:
         """A table lookup of a packed "nchwc" value stays packed; else its chain is emitted as it was."""
         px = self.packed.get(a.x)
-        if px is not None and px[1].kind == "nchwc":
-            y = self.bb.emit_te(functools.partial(packed_lut, a=a, isa=self.isa), px[0], _c(a.table),
-                                primfunc_name_hint="packed_lut")
-            self.packed[a.out] = (y, px[1])
+        packed = px is not None and px[1].kind == "nchwc"
+        self._chain(a, packed_lut, [px[0], _c(a.table)] if packed else None, px and px[1])
+
+    def _chain(self, a, fn, args, form) -> None:
+        """Chain A as the packed kernel FN of ARGS (its result in FORM), or, with ARGS None, as it was written."""
+        if args is None:
+            for b in a.bindings:
+                self.generic(b)
             return
-        for b in a.bindings:
-            self.generic(b)
+        y = self.bb.emit_te(functools.partial(fn, a=a, isa=self.isa), *args, primfunc_name_hint=fn.__name__)
+        self.packed[a.out] = (y, form)
 
     def binding(self, b) -> None:
         if b.var in self.anchors:

@@ -19,6 +19,8 @@ from tvm import relax, te, tirx
 from tvm.ir.expr import Constant
 
 from .isa import Isa
+from .match import _Chain, _scalar
+from .match import op_name as _op
 
 _TAIL = ("relax.add", "relax.right_shift", "relax.add", "relax.maximum", "relax.minimum", "relax.astype")
 
@@ -40,17 +42,6 @@ class AddAnchor:
     hi: int
     out: relax.Var
     bindings: list  # every binding of the chain, in program order
-
-
-def _scalar(e) -> int | None:
-    if not isinstance(e, Constant):
-        return None
-    a = e.value.numpy()
-    return int(a.reshape(-1)[0]) if a.size == 1 else None
-
-
-def _op(e) -> str:
-    return getattr(e.op, "name", "") if isinstance(e, relax.Call) else ""
 
 
 def _branch(var, value_of: dict, users: dict):
@@ -78,6 +69,7 @@ def find_adds(bindings: list, users: dict) -> dict:
     """{var of the chain's last binding: AddAnchor} for every int8 add chain of BINDINGS (see the module doc)."""
     value_of = {b.var: b.value for b in bindings}
     position = {b.var: i for i, b in enumerate(bindings)}
+    chain = _Chain(value_of, users)
     found = {}
     for b in bindings:
         v = b.value
@@ -88,15 +80,12 @@ def find_adds(bindings: list, users: dict) -> dict:
             continue
         tail, var, consts = [], b.var, []
         for op in _TAIL:
-            us = users.get(var, [])
-            if len(us) != 1 or us[0] == "ret":
+            step = chain.next(var, op)
+            if step is None:
                 break
-            call = value_of[us[0]]
-            if _op(call) != op or not call.args[0].same_as(var):
-                break
-            var = us[0]
+            var = step[0]
             tail.append(var)
-            consts.append(None if op == "relax.astype" else _scalar(call.args[1]))
+            consts.append(None if op == "relax.astype" else _scalar(step[1].args[1]))
         else:
             if str(value_of[var].attrs.dtype) != "int8" or any(c is None for c in consts[:-1]):
                 continue
@@ -104,9 +93,9 @@ def find_adds(bindings: list, users: dict) -> dict:
             if any(s is None or len(s) != 4 for s in shapes) or [int(d) for d in shapes[0]] != [int(d) for d in shapes[1]]:
                 continue
             rnd, n, zq, lo, hi = consts[:5]
-            chain = sorted(bx[3] + by[3] + [b.var] + tail, key=position.__getitem__)
+            parts = sorted(bx[3] + by[3] + [b.var] + tail, key=position.__getitem__)
             found[var] = AddAnchor(bx[0], by[0], bx[1], bx[2], by[1], by[2], rnd, n, zq, lo, hi, var,
-                                   [bindings[position[c]] for c in chain])
+                                   [bindings[position[c]] for c in parts])
     return found
 
 
