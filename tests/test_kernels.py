@@ -18,6 +18,9 @@ from tvm import relax
 from stochastic_shield.compile.build import CompileArgs, compile_with_plan, prepare_module
 from stochastic_shield.compile.importer import import_model
 from stochastic_shield.compile.kernels import PackInt8, select_isa
+from stochastic_shield.compile.kernels import lut as lutk
+from stochastic_shield.compile.kernels.isa import ISAS
+from stochastic_shield.compile.kernels.packed_ops import LutAnchor
 from stochastic_shield.compile.kernels.schedule import DefaultSchedules
 from stochastic_shield.compile.pipeline import build, lower, optimize, pack_int8, quantize
 from stochastic_shield.compile.quantization import QuantSpec, run_reference
@@ -131,6 +134,20 @@ class Tables(nn.Module):
         return self.fc(x.flatten(1))
 
 
+class SqueezeExcite(nn.Module):
+    """MobileNetV3's squeeze-excitation: the input times a per-channel scale from its own mean (hard-sigmoid)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.down, self.up = nn.Conv2d(3, 20, 3, 2, 1), nn.Conv2d(20, 8, 1), nn.Conv2d(8, 20, 1)
+        self.fc = nn.Linear(20 * 14 * 14, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        s = nn.functional.hardsigmoid(self.up(torch.relu(self.down(x.mean((2, 3), keepdim=True)))))
+        return self.fc((x * s).flatten(1))
+
+
 def _rgb(x: np.ndarray) -> np.ndarray:
     """Grey images as 3 different channels."""
     return np.concatenate([x, 1.0 - x, x * x], axis=1).astype(np.float32)
@@ -213,7 +230,44 @@ def test_table_activations_stay_packed_and_bit_exact(batch, images, calib):
     calls = [c.rstrip("0123456789") for c in _calls(packed, "main")]
     assert calls.count("packed_lut") == 2 and "relax.take" not in calls, calls
     assert not [c for c in calls if c in ("pack", "unpack")], calls
+    if lutk.has_vbmi(select_isa(HOST)[0], HOST):  # the one-table lookup is the vpermi2b kernel here
+        luts = [f for gv, f in packed.functions.items() if gv.name_hint.startswith("packed_lut")]
+        assert sum("vpermi2var" in f.script() for f in luts) == 1, [f.script()[:200] for f in luts]
     _assert_bit_exact_rgb(packed, plan, images, batch, seed=9)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_squeeze_excitation_product_stays_packed_and_bit_exact(batch, images, calib):
+    _needs_host_isa()
+    qmod, plan = _quantized_rgb(SqueezeExcite, batch, calib)
+    assert [lay.kind for lay in plan.layers].count("mul") == 1
+    packed = pack_int8(qmod, HOST)
+    calls = [c.rstrip("0123456789") for c in _calls(packed, "main")]
+    # the product reads both packed values (the 1x1 scale broadcast); only the mean reads x unpacked
+    assert calls.count("packed_mul") == 1 and calls.count("unpack") == 1, calls
+    assert calls.index("unpack") < calls.index("relax.sum") < calls.index("packed_mul"), calls
+    _assert_bit_exact_rgb(packed, plan, images, batch, seed=13)
+
+
+def test_table_kernels_look_up_every_code():
+    """Both one-table kernels (the scheduled TE loop every target has, and vpermi2b where VBMI is) give
+    table[code] + 128 for all 256 codes, each table half and both ends included."""
+    isa = ISAS["vnni512"]
+    shape = (1, 2, 4, 4, 16)  # 512 codes: every value twice
+    x = np.concatenate([np.arange(256), np.arange(256)[::-1]]).astype(np.uint8).reshape(shape)
+    table = np.random.default_rng(0).integers(-128, 128, 256, dtype=np.int8)
+    anchor = LutAnchor(None, table, 0, None, [])
+    with HOST:
+        generic = lutk.schedule_lut(lutk.lut_func(shape, anchor, isa), isa, False).mod["main"]
+    funcs = {"generic": generic}
+    if lutk.has_vbmi(isa, HOST):
+        funcs["vpermi2b"] = lutk.vbmi_lut_func(shape)
+    want = (table[x].astype(np.int32) + 128).astype(np.uint8)
+    for name, f in funcs.items():
+        lib = tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=HOST)
+        out = tvm.runtime.empty(shape, "uint8", tvm.cpu())
+        lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(table), out)
+        np.testing.assert_array_equal(out.numpy(), want, err_msg=name)
 
 
 def test_shield_T_passes_packed_are_bit_exact(images, fashion_root):
@@ -256,6 +310,10 @@ def test_packed_kernels_get_tensorized_default_schedules(shipped_unpacked):
     for name, f in packed.items():
         assert "tirx.is_scheduled" in f.attrs, name
         assert "vpdpbusd" in f.script(), name  # the dot-product intrinsic, not a scalar loop
+    # the input quantize and the first conv's rows: a vectorized value, the padding filled apart (not one
+    # scalar loop with a division and a padding test per byte)
+    rows = [f for gv, f in mod.functions.items() if "pack_rows" in gv.name_hint]
+    assert len(rows) == 1 and "to_rows_pad_const" in rows[0].script() and "T.vectorized" in rows[0].script()
 
 
 @pytest.mark.emulated

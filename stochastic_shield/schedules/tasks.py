@@ -37,7 +37,7 @@ def extract_tasks(mod, target, wanted: tuple[str, ...] = ()) -> list[Task]:
 
     tasks = []
     for t in ms.relax_integration.extract_tasks(mod, target):
-        if t.mod.attrs is not None and t.mod.attrs.get("tirx.is_scheduled", False):
+        if _scheduled(t.mod):  # written scheduled (the VBMI table lookup): nothing to search
             continue
         if re.fullmatch(r"reshape\d*", str(t.task_name)):  # a view at run time (vm.builtin.reshape)
             continue
@@ -50,6 +50,13 @@ def extract_tasks(mod, target, wanted: tuple[str, ...] = ()) -> list[Task]:
         if not tasks:
             raise ShieldError(f"no task matches {', '.join(wanted)}", f"tasks: {', '.join(names)}")
     return sorted(tasks, key=lambda t: -t.flops * t.weight)
+
+
+def _scheduled(mod) -> bool:
+    """True when the task's module, or its function, says it is scheduled already."""
+    if mod.attrs is not None and mod.attrs.get("tirx.is_scheduled", False):
+        return True
+    return any(f.attrs is not None and bool(f.attrs.get("tirx.is_scheduled", False)) for f in mod.functions.values())
 
 
 def plan(tasks: list[Task], counts: dict, per_task: int) -> None:

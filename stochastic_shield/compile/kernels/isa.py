@@ -53,8 +53,12 @@ ISAS = {
 }
 
 
-def _has(target, feature: str) -> bool:
+def target_has(target, feature: str) -> bool:
+    """True when TARGET's mcpu/mattr give FEATURE (LLVM's name, e.g. "avx512vbmi", "dotprod")."""
     return bool(tvm.get_global_func("target.target_has_feature")(feature, target))
+
+
+_has = target_has
 
 
 def select_isa(target) -> tuple[Isa | None, str]:

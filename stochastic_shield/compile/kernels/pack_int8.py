@@ -9,8 +9,11 @@ packed value flows on through what can take it as it is:
   MC dropout on features in logical order           the same Philox kernel on the codes (+ shift)
   a residual add of two "nchwc" values (one packed:  packed_ops.py: the emitter's add arithmetic on the codes
     the other is packed once, for all its readers)
+  a product of two "nchwc" values (the second 1x1:   packed_ops.py: the emitter's product on the codes
+    a squeeze-excitation scale)
   a max pool (any padding) of an "nchwc" value       packed_ops.py: the window on the codes
-  a lookup-table activation of an "nchwc" value      packed_ops.py: the table indexed by the codes
+  a lookup-table activation of an "nchwc" value      packed_ops.py: the table indexed by the codes (one
+                                                    table for all channels: a kernel of its own, lut.py)
 Anything else reads the logical int8 tensor, converted back once where first needed, so layout
 conversions sit only at the boundaries of packed regions. A dropout needs its elements in NCHW
 order (its Philox counters use the flat NCHW index), so a flatten feeding one is put back into
@@ -31,13 +34,14 @@ from . import conv as convk
 from . import dense as densek
 from . import depthwise as dwk
 from . import layout
+from . import lut as lutk
 from .epilogue import BLOCK, blocks, compensated_bias, requant_arrays
 from .isa import Isa, select_isa
 from .match import KINDS, Anchor, find_anchors, layer_sites, uses
 from .match import op_name as _op
-from .packed_ops import find_adds, find_luts, max_pool, packed_add, packed_lut
+from .packed_ops import find_adds, find_luts, find_muls, max_pool, packed_add, packed_lut, packed_mul
 
-KERNEL_ATTR = "shield.packed_kernel"  # "conv" | "depthwise" | "dense": which default schedule (schedule.py) applies
+KERNEL_ATTR = "shield.packed_kernel"  # "conv" | "depthwise" | "dense" | "lut": which default schedule (schedule.py) applies
 ISA_ATTR = "shield.packed_isa"
 
 
@@ -48,15 +52,18 @@ def _c(a: np.ndarray) -> relax.Expr:
 class _Rewriter:
     """Re-emits one function, replacing anchors by packed kernels and tracking packed values."""
 
-    def __init__(self, bb: relax.BlockBuilder, mod: tvm.IRModule, isa: Isa, func: relax.Function, kinds):
-        self.bb, self.mod, self.isa = bb, mod, isa
+    def __init__(self, bb: relax.BlockBuilder, mod: tvm.IRModule, isa: Isa, func: relax.Function, kinds,
+                 vbmi: bool = False):
+        self.bb, self.mod, self.isa, self.vbmi = bb, mod, isa, vbmi
         self.bindings = [b for blk in func.body.blocks for b in blk.bindings]
         self.ret = func.body.body
         self.anchors = find_anchors(func, kinds)
         self.replaced = set().union(*(a.replaced for a in self.anchors.values())) if self.anchors else set()
         users = uses(self.bindings, self.ret)
         self.adds, self.luts = find_adds(self.bindings, users), find_luts(self.bindings, users)
-        self.chain_parts = {b.var for a in [*self.adds.values(), *self.luts.values()] for b in a.bindings}
+        self.muls = find_muls(self.bindings, users)
+        self.chain_parts = {b.var for a in [*self.adds.values(), *self.luts.values(), *self.muls.values()]
+                            for b in a.bindings}
         self.env: dict = {}      # old var -> new expression of its logical value
         self.packed: dict = {}   # old var -> (new packed expression, layout.Packed)
         self.deferred: dict = {}  # old var of a folded repeat -> its input's (packed expression, Packed)
@@ -287,10 +294,26 @@ class _Rewriter:
         packed = px is not None and py is not None and px[1].kind == "nchwc" and px[1] == py[1]
         self._chain(a, packed_add, [px[0], py[0]] if packed else None, px and px[1])
 
+    def mul(self, a) -> None:
+        """A product of packed "nchwc" values (the second of one shape or 1x1) stays packed; else as it was."""
+        px, py = self.packed.get(a.x), self.packed.get(a.y)
+        packed = (px is not None and py is not None and px[1].kind == py[1].kind == "nchwc"
+                  and (px[1].n, px[1].c) == (py[1].n, py[1].c) and (py[1].h, py[1].w) in ((px[1].h, px[1].w), (1, 1)))
+        self._chain(a, packed_mul, [px[0], py[0]] if packed else None, px and px[1])
+
     def lut(self, a) -> None:
         """A table lookup of a packed "nchwc" value stays packed; else its chain is emitted as it was."""
         px = self.packed.get(a.x)
         packed = px is not None and px[1].kind == "nchwc"
+        if packed and not a.channels:
+            ty = relax.TensorType(px[1].shape, self.isa.act_dtype)
+            if self.vbmi:  # written scheduled: no default schedule, not a tuning task
+                gv = self.bb.add_func(lutk.vbmi_lut_func(px[1].shape).with_attr("op_pattern", 8), "packed_lut")
+                y = self.bb.emit(relax.call_tir(gv, [px[0], _c(a.table)], ty))
+            else:
+                y = self._call("packed_lut", lutk.lut_func(px[1].shape, a, self.isa), "lut", [px[0], _c(a.table)], ty)
+            self.packed[a.out] = (y, px[1])
+            return
         self._chain(a, packed_lut, [px[0], _c(a.table)] if packed else None, px and px[1])
 
     def _chain(self, a, fn, args, form) -> None:
@@ -312,6 +335,8 @@ class _Rewriter:
             self.add(self.adds[b.var])
         elif b.var in self.luts:
             self.lut(self.luts[b.var])
+        elif b.var in self.muls:
+            self.mul(self.muls[b.var])
         elif b.var in self.chain_parts:
             return  # emitted with the chain's last binding
         elif not self.passthrough(b):
@@ -352,6 +377,7 @@ class PackInt8:
 
     def __init__(self, target, kinds=KINDS):
         self.isa, self.reason = select_isa(target)
+        self.vbmi = self.isa is not None and lutk.has_vbmi(self.isa, tvm.target.Target(target))
         self.kinds = frozenset(kinds)  # which anchor kinds to pack (benchmarks compare against fewer)
         self.report: dict = {}
 
@@ -366,7 +392,7 @@ class PackInt8:
             return mod
         bb = relax.BlockBuilder(tvm.IRModule({g: f for g, f in mod.functions.items() if g not in todo}))
         for gv, func in todo.items():
-            rw = _Rewriter(bb, mod, self.isa, func, self.kinds)
+            rw = _Rewriter(bb, mod, self.isa, func, self.kinds, self.vbmi)
             params = [relax.Var(p.name, p.ty) for p in func.params]
             attrs = dict(func.attrs) if func.attrs is not None else None
             with bb.function(gv.name_hint, params, attrs=attrs, pure=func.is_pure):

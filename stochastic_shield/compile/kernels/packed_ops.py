@@ -1,4 +1,4 @@
-"""Packed element-wise and window ops: a residual add, a table lookup and a max pool on packed activations.
+"""Packed element-wise and window ops: a residual add, a product, a table lookup and a max pool on packed activations.
 
 The emitter (quantization/emit_relax.py ``visit_add``) writes a residual add of int8 X and Y as
   astype(x, int64) -> subtract(zx) -> multiply(mx)  \\
@@ -9,6 +9,12 @@ packed convs, or of earlier packed adds: every residual block of ResNet and Mobi
 int64 arithmetic runs on the packed codes (code + shift) and writes a packed result, so the block
 no longer converts both inputs to NCHW and its result back (ResNet-18's unpack, add and pack
 kernels). Channels past C hold any value, as in every packed form: the weights reading them are 0.
+
+A product (``visit_mul``: a squeeze-excitation block's scale, [N, C, 1, 1], times its input) is written
+  astype(x, int32) -> subtract(zx) \
+  astype(y, int32) -> subtract(zy)  -> multiply -> astype(int64) -> multiply(m0) -> add(rnd)
+  -> right_shift(n) -> add(zq) -> maximum(lo) -> minimum(hi) -> astype(int8)
+and runs the same way on packed codes, Y broadcast over the pixels when it is 1x1.
 """
 from __future__ import annotations
 
@@ -97,6 +103,97 @@ def find_adds(bindings: list, users: dict) -> dict:
             found[var] = AddAnchor(bx[0], by[0], bx[1], bx[2], by[1], by[2], rnd, n, zq, lo, hi, var,
                                    [bindings[position[c]] for c in parts])
     return found
+
+
+_MUL_TAIL = ("relax.astype", "relax.multiply", "relax.add", "relax.right_shift", "relax.add", "relax.maximum",
+             "relax.minimum", "relax.astype")
+
+
+@dataclass(eq=False)
+class MulAnchor:
+    """One matched product chain (see the module doc): inputs, constants, its bindings in order, its result."""
+
+    x: relax.Expr
+    y: relax.Expr
+    zx: int
+    zy: int
+    m0: int
+    rnd: int
+    n: int
+    zq: int
+    lo: int
+    hi: int
+    out: relax.Var
+    bindings: list
+
+
+def _int32_branch(var, value_of: dict, users: dict):
+    """(int8 input, zero point, [vars]) of VAR = subtract(astype(x, int32), z), else None."""
+    sub = value_of.get(var)
+    if _op(sub) != "relax.subtract" or (z := _scalar(sub.args[1])) is None:
+        return None
+    cast_var = sub.args[0]
+    cast = value_of.get(cast_var)
+    if _op(cast) != "relax.astype" or str(cast.attrs.dtype) != "int32":
+        return None
+    x = cast.args[0]
+    if getattr(x.ty, "dtype", None) != "int8" or any(len(users.get(v, [])) != 1 for v in (cast_var, var)):
+        return None
+    return x, z, [cast_var, var]
+
+
+def find_muls(bindings: list, users: dict) -> dict:
+    """{var of the chain's last binding: MulAnchor} for every int8 product of a 4-D X and a Y of X's shape or
+    [N, C, 1, 1] (see the module doc)."""
+    value_of = {b.var: b.value for b in bindings}
+    position = {b.var: i for i, b in enumerate(bindings)}
+    chain = _Chain(value_of, users)
+    found = {}
+    for b in bindings:
+        v = b.value
+        if _op(v) != "relax.multiply" or not all(isinstance(a, relax.Var) for a in v.args):
+            continue
+        bx, by = (_int32_branch(a, value_of, users) for a in v.args)
+        if bx is None or by is None:
+            continue
+        tail, var, consts = [], b.var, []
+        for op in _MUL_TAIL:
+            step = chain.next(var, op)
+            if step is None:
+                break
+            var = step[0]
+            tail.append(var)
+            consts.append(None if op == "relax.astype" else _scalar(step[1].args[1]))
+        else:
+            if (str(value_of[tail[0]].attrs.dtype) != "int64" or str(value_of[var].attrs.dtype) != "int8"
+                    or any(c is None for c in consts[1:-1])):
+                continue
+            sx, sy = ([int(d) for d in getattr(t.ty, "shape", None) or []] for t in (bx[0], by[0]))
+            if len(sx) != 4 or not (sy == sx or sy == [*sx[:2], 1, 1]):
+                continue
+            m0, rnd, n, zq, lo, hi = consts[1:7]
+            parts = sorted(bx[2] + by[2] + [b.var] + tail, key=position.__getitem__)
+            found[var] = MulAnchor(bx[0], by[0], bx[1], by[1], m0, rnd, n, zq, lo, hi, var,
+                                   [bindings[position[c]] for c in parts])
+    return found
+
+
+def packed_mul(x: te.Tensor, y: te.Tensor, a: MulAnchor, isa: Isa) -> te.Tensor:
+    """The product of packed X and packed Y (X's shape, or 1x1 and broadcast): the emitter's arithmetic on
+    code + shift, bit for bit."""
+    s = isa.shift
+    one = int(y.shape[2]) == 1 and int(x.shape[2]) * int(x.shape[3]) > 1
+
+    def value(n, c, h, w, b):
+        yv = y[n, c, 0, 0, b] if one else y[n, c, h, w, b]
+        p = ((x[n, c, h, w, b].astype("int32") - tirx.const(a.zx + s, "int32"))
+             * (yv.astype("int32") - tirx.const(a.zy + s, "int32")))
+        t = p.astype("int64") * tirx.const(a.m0, "int64") + tirx.const(a.rnd, "int64")
+        t = tirx.shift_right(t, tirx.const(a.n, "int64"))
+        t = tirx.Min(tirx.Max(t, tirx.const(a.lo - a.zq, "int64")), tirx.const(a.hi - a.zq, "int64"))
+        return (t.astype("int32") + tirx.const(a.zq + s, "int32")).astype(isa.act_dtype)
+
+    return te.compute(x.shape, value, name="packed_mul")
 
 
 def packed_add(x: te.Tensor, y: te.Tensor, a: AddAnchor, isa: Isa) -> te.Tensor:

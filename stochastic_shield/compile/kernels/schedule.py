@@ -21,15 +21,16 @@ from .conv import schedule_conv
 from .dense import schedule_dense
 from .depthwise import schedule_depthwise
 from .isa import ISAS
+from .lut import schedule_lut
 from .pack_int8 import ISA_ATTR, KERNEL_ATTR
 
-SCHEDULES = {"conv": schedule_conv, "depthwise": schedule_depthwise, "dense": schedule_dense}
+SCHEDULES = {"conv": schedule_conv, "depthwise": schedule_depthwise, "dense": schedule_dense, "lut": schedule_lut}
 # a packed kernel gets a parallel loop from this estimated size (estimate_tir_flops) on: the serial / parallel
 # crossover of every conv and depthwise kernel of MobileNetV2-1.0, -0.35 and ResNet-18, measured on a quiet
 # 2-core machine (benchmarks/results/kernels.json "parallel_crossover", docs/kernels.md): from 2.84 MFLOP every
 # larger conv and from 0.11 MFLOP every larger depthwise kernel ran faster on both cores (the 10 MFLOP used
 # before for all kinds left nearly every MobileNetV2 depthwise layer on one core). Dense was not measured.
-PARALLEL_MIN_FLOPS = {"conv": 2.8e6, "depthwise": 0.11e6, "dense": 10e6}
+PARALLEL_MIN_FLOPS = {"conv": 2.8e6, "depthwise": 0.11e6, "dense": 10e6, "lut": float("inf")}
 INJECTIVE_PARALLEL = 1 << 16  # elements from which an injective kernel is split over the cores
 _LANES = 16
 
@@ -52,6 +53,10 @@ def _schedule_injective(func) -> s_tir.Schedule | None:
         return None
     if not blocks or any(iv.iter_type != 0 for b in blocks for iv in sch.get(b).iter_vars):  # 0: data parallel
         return None
+    if sch.get(blocks[-1]).name_hint == "to_rows" and len(blocks) > 1:
+        rows = _schedule_rows(func, len(blocks))
+        if rows is not None:
+            return rows
     try:
         for b in blocks[:-1][::-1]:
             sch.compute_inline(b)
@@ -75,6 +80,52 @@ def _schedule_injective(func) -> s_tir.Schedule | None:
         # quantize and packing, 150k elements, took as long on 2 threads as on 1)
         sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
     return sch
+
+
+def _schedule_rows(func, n_blocks: int) -> s_tir.Schedule | None:
+    """The input quantize and the first conv's padded NHWC rows (layout.to_rows) as two vectorized stages.
+
+    Inlined into the rows, each byte took a scalar float division and a div/mod by the channel count
+    under the padding's test (MobileNetV2's 224x224x3 input: 238 us on one thread). Here the int8 NCHW
+    value is computed first, vectorized along its rows; the padding is filled apart (decompose_padding),
+    and the interior copy reads each pixel's channels side by side (39 us, bit-exact). None if the
+    kernel does not have that shape.
+    """
+    sch = s_tir.Schedule(func)
+    try:
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        for b in blocks[:-2][::-1]:  # whatever precedes the int8 NCHW value (the quantize's own steps)
+            sch.compute_inline(b)
+        value, rows = blocks[-2], blocks[-1]
+        vloops = sch.get_loops(value)
+        channels = int(sch.get(vloops[1]).extent)  # [N, C, H, W]
+        big = _size(sch, vloops) >= INJECTIVE_PARALLEL
+        _vectorize_split(sch, vloops[-1])
+        fill = sch.decompose_padding(rows, sch.get_loops(rows)[0])
+        *outer, q = sch.get_loops(rows)
+        qo, qi = sch.split(q, [None, channels])
+        sch.unroll(qi)
+        _vectorize_split(sch, sch.get_loops(fill)[-1])
+        if big:
+            sch.parallel(sch.fuse(*vloops[:-1]))
+            sch.parallel(sch.fuse(*outer))
+            sch.parallel(sch.fuse(*sch.get_loops(fill)[:2]))
+    except Exception:  # noqa: BLE001 - another producer, or padding decompose_padding cannot split
+        return None
+    return sch
+
+
+def _vectorize_split(sch, loop) -> None:
+    """Vectorize LOOP in steps of 16 lanes (all of it when short or not a multiple of 16)."""
+    extent = int(sch.get(loop).extent)
+    sch.vectorize(sch.split(loop, [None, _LANES])[1] if extent > _LANES and extent % _LANES == 0 else loop)
+
+
+def _size(sch, loops) -> int:
+    total = 1
+    for lp in loops:
+        total *= int(sch.get(lp).extent)
+    return total
 
 
 def default_schedule(func: tirx.PrimFunc) -> s_tir.Schedule | None:
