@@ -15,14 +15,24 @@ import tvm
 from torch import nn
 from tvm import relax
 
-from stochastic_shield.compile.build import CompileArgs, compile_with_plan, prepare_module
+from stochastic_shield.compile.build import (
+    CompileArgs,
+    compile_with_plan,
+    prepare_module,
+)
 from stochastic_shield.compile.importer import import_model
 from stochastic_shield.compile.kernels import PackInt8, select_isa
 from stochastic_shield.compile.kernels import lut as lutk
 from stochastic_shield.compile.kernels.isa import ISAS
 from stochastic_shield.compile.kernels.packed_ops import LutAnchor
 from stochastic_shield.compile.kernels.schedule import DefaultSchedules
-from stochastic_shield.compile.pipeline import build, lower, optimize, pack_int8, quantize
+from stochastic_shield.compile.pipeline import (
+    build,
+    lower,
+    optimize,
+    pack_int8,
+    quantize,
+)
 from stochastic_shield.compile.quantization import QuantSpec, run_reference
 from stochastic_shield.data import load_fashion_mnist
 from stochastic_shield.rng import seed_to_rng

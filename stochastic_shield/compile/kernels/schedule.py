@@ -103,7 +103,7 @@ def _schedule_rows(func, n_blocks: int) -> s_tir.Schedule | None:
         _vectorize_split(sch, vloops[-1])
         fill = sch.decompose_padding(rows, sch.get_loops(rows)[0])
         *outer, q = sch.get_loops(rows)
-        qo, qi = sch.split(q, [None, channels])
+        _, qi = sch.split(q, [None, channels])
         sch.unroll(qi)
         _vectorize_split(sch, sch.get_loops(fill)[-1])
         if big:
