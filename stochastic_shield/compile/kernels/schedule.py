@@ -29,8 +29,11 @@ SCHEDULES = {"conv": schedule_conv, "depthwise": schedule_depthwise, "dense": sc
 # crossover of every conv and depthwise kernel of MobileNetV2-1.0, -0.35 and ResNet-18, measured on a quiet
 # 2-core machine (benchmarks/results/kernels.json "parallel_crossover", docs/kernels.md): from 2.84 MFLOP every
 # larger conv and from 0.11 MFLOP every larger depthwise kernel ran faster on both cores (the 10 MFLOP used
-# before for all kinds left nearly every MobileNetV2 depthwise layer on one core). Dense was not measured.
-PARALLEL_MIN_FLOPS = {"conv": 2.8e6, "depthwise": 0.11e6, "dense": 10e6, "lut": float("inf")}
+# before for all kinds left nearly every MobileNetV2 depthwise layer on one core). In a network a small
+# depthwise kernel follows serial ones, and its launch wakes the second thread: DS-CNN (four depthwise layers of
+# 0.18 MFLOP) ran 0.050 ms on 2 threads against 0.041 on 1 with 0.11; with 0.5 both 0.040, and no model of the
+# zoo was slower. Dense was not measured. Table lookups stay serial (lut.py; not measured either).
+PARALLEL_MIN_FLOPS = {"conv": 2.8e6, "depthwise": 0.5e6, "dense": 10e6, "lut": float("inf")}
 INJECTIVE_PARALLEL = 1 << 16  # elements from which an injective kernel is split over the cores
 _LANES = 16
 
