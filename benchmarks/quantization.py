@@ -91,6 +91,7 @@ def machine_info() -> dict:
     flags = fields.get("flags", "").split()
     return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
             "virtualized": "hypervisor" in flags, "avx512_vnni": "avx512_vnni" in flags,
+            "amx_int8": "amx_int8" in flags,
             "platform": platform.platform(), "node": platform.node(), "loadavg_start": list(os.getloadavg())}
 
 
