@@ -48,7 +48,7 @@ from benchmarks.tables_uncertainty import (
     uncertainty_summary,
     uncertainty_targets,
 )
-from benchmarks.tables_speed import kernels_where, speed_shipped
+from benchmarks.tables_speed import kernels_where, peer_kernels, speed_shipped
 from benchmarks.tables_onnx import onnx_corpus
 
 PAGES = ("README.md", "docs/*.md")
@@ -76,6 +76,7 @@ TABLES: dict[str, Table] = {
     "speed.accuracy": Table("speed.json", accuracy_table),
     "speed.shield": Table("speed.json", shield_table),
     "speed.where": Table("speed.json", where_table),
+    "speed.peer_kernels": Table("peer_kernels.json", peer_kernels),
     "kernels.networks": Table("kernels.json", kernels_networks),
     "kernels.depthwise": Table("kernels.json", kernels_depthwise),
     "kernels.crossover": Table("kernels.json", kernels_crossover),

@@ -31,3 +31,19 @@ def kernels_where(res: dict) -> str:
             + f"\n\n_Each kernel built alone and timed on random inputs, the whole call timed in the VM; {m['cpu']}, "
               f"{m['cores']} cores, load {m['loadavg_start'][0]:.1f}, {m['created'][:10]}; "
               f"`python benchmarks/kernels.py`._")
+
+
+def peer_kernels(res: dict) -> str:
+    """Per (model, peer): the share of perf samples in AMX and in VNNI kernels, and the largest symbols."""
+    def library(r):
+        n = r.get("library_instructions") or {}
+        return (f"`{r['top_library']}`: {n['amx']} AMX, {n['vpdpbusd']} VNNI dot products" if n
+                else r.get("top_library", ""))
+
+    rows = [[r["model"], r["engine"], f"{100 * r['amx_share']:.0f}%", library(r),
+             "; ".join(f"`{t['symbol']}` {100 * t['share']:.0f}%" for t in r["top"][:2])] for r in res["rows"]]
+    m = res["machine"]
+    return (_table(["model", "engine", "samples in AMX kernels", "library of most samples", "largest symbols"], rows,
+                   "llrll")
+            + f"\n\n_`perf record` of batch-1 calls on one thread; {m['cpu']}, AMX int8 "
+              f"{'present' if m.get('amx_int8') else 'absent'}; `python benchmarks/peer_kernels.py`._")
