@@ -215,6 +215,8 @@ def test_depthwise_layers_are_packed_and_bit_exact(batch, images, calib):
         smod = DefaultSchedules()(lower(packed, HOST))
     dw = [f for gv, f in smod.functions.items() if gv.name_hint.startswith("packed_depthwise")]
     assert len(dw) == 2 and all("tirx.is_scheduled" in f.attrs for f in dw)
+    if select_isa(HOST)[0].name == "vnni512":  # 4 rows of taps per vpdpbusd lane, not widened products
+        assert all("vpdpbusd" in f.script() for f in dw)
     _assert_bit_exact_rgb(packed, plan, images, batch, seed=3)
 
 
