@@ -23,6 +23,8 @@ from stochastic_shield.compile.build import (
 from stochastic_shield.compile.importer import import_model
 from stochastic_shield.compile.kernels import PackInt8, select_isa
 from stochastic_shield.compile.kernels import lut as lutk
+from stochastic_shield.compile.kernels.conv import ConvSpec, conv_func, schedule_conv
+from stochastic_shield.compile.kernels.epilogue import Epilogue
 from stochastic_shield.compile.kernels.isa import ISAS
 from stochastic_shield.compile.kernels.packed_ops import LutAnchor
 from stochastic_shield.compile.kernels.schedule import DefaultSchedules
@@ -259,6 +261,20 @@ def test_squeeze_excitation_product_stays_packed_and_bit_exact(batch, images, ca
     assert calls.count("packed_mul") == 1 and calls.count("unpack") == 1, calls
     assert calls.index("unpack") < calls.index("relax.sum") < calls.index("packed_mul"), calls
     _assert_bit_exact_rgb(packed, plan, images, batch, seed=13)
+
+
+@pytest.mark.parametrize("pool", [None, (2, 2, 2, 2)])
+def test_conv_requantizes_inside_its_register_tile(pool):
+    """Without a pool the requantize runs in the tile loop, on the accumulators as the reduction leaves them (not
+    on a row of them stored to memory and read back); a pool's window spans tiles, so it stays after the row."""
+    isa = ISAS["vnni512"]
+    spec = ConvSpec(1, 16, 14, 14, 16, 1, 1, pool=pool)  # one channel block: loops image, (block, row), tile
+    ep = Epilogue(bias=np.zeros(16, np.int64), m0=np.full(16, 1 << 30, np.int64), rnd=np.full(16, 1 << 36, np.int64),
+                  n=np.full(16, 37, np.int64))
+    sch = schedule_conv(conv_func(spec, ep, isa), isa, parallel=False)
+    out, init = (sch.get_loops(sch.get_sblock(b)) for b in ("out", "conv_init"))
+    shared = sum(1 for a, b in zip(out, init) if sch.get(a).same_as(sch.get(b)))
+    assert shared == (2 if pool else 3), sch.mod.script()
 
 
 def test_table_kernels_look_up_every_code():
