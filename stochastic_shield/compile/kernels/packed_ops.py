@@ -71,6 +71,19 @@ def _branch(var, value_of: dict, users: dict):
     return x, z, m, [cast_var, sub_var, var]
 
 
+def _walk(chain: _Chain, var, ops: tuple):
+    """([vars], [scalar constants, None for casts]) of the single-user chain OPS after VAR, or None."""
+    tail, consts = [], []
+    for op in ops:
+        step = chain.next(var, op)
+        if step is None:
+            return None
+        var = step[0]
+        tail.append(var)
+        consts.append(None if op == "relax.astype" else _scalar(step[1].args[1]))
+    return tail, consts
+
+
 def find_adds(bindings: list, users: dict) -> dict:
     """{var of the chain's last binding: AddAnchor} for every int8 add chain of BINDINGS (see the module doc)."""
     value_of = {b.var: b.value for b in bindings}
@@ -84,24 +97,20 @@ def find_adds(bindings: list, users: dict) -> dict:
         bx, by = (_branch(a, value_of, users) for a in v.args)
         if bx is None or by is None:
             continue
-        tail, var, consts = [], b.var, []
-        for op in _TAIL:
-            step = chain.next(var, op)
-            if step is None:
-                break
-            var = step[0]
-            tail.append(var)
-            consts.append(None if op == "relax.astype" else _scalar(step[1].args[1]))
-        else:
-            if str(value_of[var].attrs.dtype) != "int8" or any(c is None for c in consts[:-1]):
-                continue
-            shapes = [getattr(t.ty, "shape", None) for t in (bx[0], by[0])]
-            if any(s is None or len(s) != 4 for s in shapes) or [int(d) for d in shapes[0]] != [int(d) for d in shapes[1]]:
-                continue
-            rnd, n, zq, lo, hi = consts[:5]
-            parts = sorted(bx[3] + by[3] + [b.var] + tail, key=position.__getitem__)
-            found[var] = AddAnchor(bx[0], by[0], bx[1], bx[2], by[1], by[2], rnd, n, zq, lo, hi, var,
-                                   [bindings[position[c]] for c in parts])
+        walked = _walk(chain, b.var, _TAIL)
+        if walked is None:
+            continue
+        tail, consts = walked
+        var = tail[-1]
+        if str(value_of[var].attrs.dtype) != "int8" or any(c is None for c in consts[:-1]):
+            continue
+        shapes = [getattr(t.ty, "shape", None) for t in (bx[0], by[0])]
+        if any(s is None or len(s) != 4 for s in shapes) or [int(d) for d in shapes[0]] != [int(d) for d in shapes[1]]:
+            continue
+        rnd, n, zq, lo, hi = consts[:5]
+        parts = sorted(bx[3] + by[3] + [b.var] + tail, key=position.__getitem__)
+        found[var] = AddAnchor(bx[0], by[0], bx[1], bx[2], by[1], by[2], rnd, n, zq, lo, hi, var,
+                               [bindings[position[c]] for c in parts])
     return found
 
 
@@ -156,25 +165,21 @@ def find_muls(bindings: list, users: dict) -> dict:
         bx, by = (_int32_branch(a, value_of, users) for a in v.args)
         if bx is None or by is None:
             continue
-        tail, var, consts = [], b.var, []
-        for op in _MUL_TAIL:
-            step = chain.next(var, op)
-            if step is None:
-                break
-            var = step[0]
-            tail.append(var)
-            consts.append(None if op == "relax.astype" else _scalar(step[1].args[1]))
-        else:
-            if (str(value_of[tail[0]].attrs.dtype) != "int64" or str(value_of[var].attrs.dtype) != "int8"
-                    or any(c is None for c in consts[1:-1])):
-                continue
-            sx, sy = ([int(d) for d in getattr(t.ty, "shape", None) or []] for t in (bx[0], by[0]))
-            if len(sx) != 4 or not (sy == sx or sy == [*sx[:2], 1, 1]):
-                continue
-            m0, rnd, n, zq, lo, hi = consts[1:7]
-            parts = sorted(bx[2] + by[2] + [b.var] + tail, key=position.__getitem__)
-            found[var] = MulAnchor(bx[0], by[0], bx[1], by[1], m0, rnd, n, zq, lo, hi, var,
-                                   [bindings[position[c]] for c in parts])
+        walked = _walk(chain, b.var, _MUL_TAIL)
+        if walked is None:
+            continue
+        tail, consts = walked
+        var = tail[-1]
+        if (str(value_of[tail[0]].attrs.dtype) != "int64" or str(value_of[var].attrs.dtype) != "int8"
+                or any(c is None for c in consts[1:-1])):
+            continue
+        sx, sy = ([int(d) for d in getattr(t.ty, "shape", None) or []] for t in (bx[0], by[0]))
+        if len(sx) != 4 or not (sy == sx or sy == [*sx[:2], 1, 1]):
+            continue
+        m0, rnd, n, zq, lo, hi = consts[1:7]
+        parts = sorted(bx[2] + by[2] + [b.var] + tail, key=position.__getitem__)
+        found[var] = MulAnchor(bx[0], by[0], bx[1], by[1], m0, rnd, n, zq, lo, hi, var,
+                               [bindings[position[c]] for c in parts])
     return found
 
 

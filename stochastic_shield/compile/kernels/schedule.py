@@ -75,10 +75,7 @@ def _schedule_injective(func) -> s_tir.Schedule | None:
         sch.vectorize(sch.split(loops[-1], [None, _LANES])[1])
     elif inner <= 4 * _LANES:
         sch.vectorize(loops[-1])
-    total = 1
-    for e in extents:
-        total *= e
-    if total >= INJECTIVE_PARALLEL and len(loops) > 1:
+    if _size(sch, loops) >= INJECTIVE_PARALLEL and len(loops) > 1:
         # every outer loop fused: the batch loop alone has one iteration at batch 1 (MobileNetV2's input
         # quantize and packing, 150k elements, took as long on 2 threads as on 1)
         sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
