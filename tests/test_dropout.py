@@ -18,16 +18,15 @@ import tvm
 from tvm import relax
 
 from stochastic_shield.compile.shield.dropout import (
-    apply_mc_dropout,
     dropout_keep_mask,
     keep_threshold,
     mask_bytes,
     mask_rate,
-    mc_dropout_primfunc,
     mc_dropout_reference,
     seed_to_rng,
     site_rate,
 )
+from stochastic_shield.compile.shield.dropout_kernel import PHILOX_PARALLEL_CALLS, apply_mc_dropout, mc_dropout_primfunc
 from stochastic_shield.errors import ShieldError
 from stochastic_shield.compile.shield.philox import philox4x32_10, philox_primfunc, philox_tir
 
@@ -141,7 +140,10 @@ def test_philox_tir_folds_constant_words_to_the_known_answers():
         assert tuple(int(w.value) for w in philox_tir(*counter, *key)) == expected
 
 
-def test_philox_tir_kernel_equals_numpy_bit_for_bit():
+@pytest.mark.parametrize("lanes", [1, 16])
+def test_philox_tir_kernel_equals_numpy_bit_for_bit(lanes):
+    """Scalar words, and 16 counters per call on vectors (the dropout kernel's form: even and odd words multiplied
+    as 64-bit pairs, philox._mulhilo_lanes)."""
     g = np.random.default_rng(0)
     n = 512
     counter = g.integers(0, 2**32, (n, 4), dtype=np.uint64).astype(np.uint32)
@@ -150,7 +152,7 @@ def test_philox_tir_kernel_equals_numpy_bit_for_bit():
         counter[i], key[i] = c, k
     edges = np.array([0, 1, 2**31 - 1, 2**31, 2**32 - 2, 2**32 - 1], dtype=np.uint32)
     counter[3:9], key[3:9] = edges[:, None], edges[::-1, None]
-    lib = tvm.compile(tvm.IRModule({"philox4x32_10": philox_primfunc(n)}), target=tvm.target.Target(TARGET))
+    lib = tvm.compile(tvm.IRModule({"philox4x32_10": philox_primfunc(n, lanes)}), target=tvm.target.Target(TARGET))
     out = tvm.runtime.tensor(np.zeros((n, 4), dtype=np.uint32))
     lib["philox4x32_10"](tvm.runtime.tensor(counter), tvm.runtime.tensor(key), out)
     np.testing.assert_array_equal(out.numpy(), philox4x32_10(counter, key))
@@ -357,3 +359,19 @@ def test_channelwise_kernel_drops_whole_channels_and_equals_numpy():
         assert abs(k - n * (1 - p)) < 5 * math.sqrt(n * p * (1 - p))
     with pytest.raises(ValueError, match="channel axis"):
         mc_dropout_reference(np.zeros((4,), np.int8), RNGS[0], T=4, p=p, layer_id=LAYER, channelwise=True)
+
+
+def test_kernel_on_all_cores_repeating_its_rows_equals_numpy():
+    """The packed pipeline's form at MC size: uint8 codes of one image repeated T=32 times by the kernel, masks drawn
+    on all cores (T x 196 Philox calls >= PHILOX_PARALLEL_CALLS)."""
+    T, n, zp, p = 32, 3136, 131, 0.25
+    assert T * (n // 16) >= PHILOX_PARALLEL_CALLS
+    lib = tvm.compile(tvm.IRModule({"mc_dropout": mc_dropout_primfunc((T, n), "uint8", T, p, LAYER, zp, repeat=True)}),
+                      target=tvm.target.Target(TARGET))
+    x = np.random.default_rng(1).integers(0, 256, (1, n)).astype(np.uint8)
+    x[x == zp] = zp + 1
+    for rng in RNGS[1:3]:
+        out = tvm.runtime.tensor(np.zeros((T, n), np.uint8))
+        lib["mc_dropout"](tvm.runtime.tensor(x), tvm.runtime.tensor(rng), out)
+        ref = mc_dropout_reference(np.repeat(x, T, axis=0), rng, T=T, p=p, layer_id=LAYER, zero_point=zp)
+        np.testing.assert_array_equal(out.numpy(), ref)

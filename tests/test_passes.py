@@ -15,7 +15,7 @@ from tvm.script import relax as R
 from stochastic_shield.compile.quantization import QuantSpec, QuantizeInt8, make_plan
 from stochastic_shield.compile.quantization.fixed_point import (choose_qparams, quantize_multiplier,
                                                                 quantize_weights_per_channel)
-from stochastic_shield.compile.shield.dropout import apply_mc_dropout
+from stochastic_shield.compile.shield.dropout_kernel import apply_mc_dropout
 from stochastic_shield.compile.shield.expand_mc import ExpandMonteCarlo
 from stochastic_shield.compile.shield.filters import filter_primfunc, parse_filters
 from stochastic_shield.compile.shield.insert_filter import InsertInputFilter

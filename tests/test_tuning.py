@@ -261,30 +261,31 @@ def test_tuned_int8_artifact_on_the_emulated_board_matches_the_untuned_one(emula
     np.testing.assert_array_equal(out_tuned, out_plain)  # int8 arithmetic: a schedule changes no bit
 
 
-def test_shielded_model_tunes_its_dropout_kernel_and_compiles_with_it(two_servers, tmp_path, fashion_root):
-    """--shield tunes the module compile --shield builds (mc_T functions, Philox dropout kernels)."""
+def test_shielded_model_tunes_its_filter_kernel_and_compiles_with_it(two_servers, tmp_path, fashion_root):
+    """--shield tunes the module compile --shield builds (the bit-depth filter kernel, mc_T functions). The Philox
+    dropout kernels are written scheduled (dropout_kernel.py): no task."""
     from stochastic_shield.compile.build import CompileArgs, compile_artifact
     from stochastic_shield.runtime_py.runner import Deployment
     from stochastic_shield.data import load_fashion_mnist
 
     shield = "filter=bits:3; dropout=model:0.3; T=4"
     db = tmp_path / "db"
-    res = tune(_args(db, tmp_path / "logs", int8=True, shield=shield, tasks=("mc_dropout_l1",), calib=64,
+    res = tune(_args(db, tmp_path / "logs", int8=True, shield=shield, tasks=("shield_bits",), calib=64,
                      data_root=str(fashion_root), tracker=two_servers.tracker, key="host2", trials=2,
                      num_trials_per_iter=2))
-    # 1 or 2: the mask kernel's design space is tiny, so after the seeded default schedule the evolutionary search
+    # 1 or 2: the filter kernel's design space is tiny, so after the seeded default schedule the evolutionary search
     # may find one distinct candidate only ("Sending 1 candidates(s)"); what matters is below: a record, and compile uses it
     assert res["status"] == "done" and 1 <= res["trials_after"] <= 2, res
     names = [t["task"] for t in D.show(db)["tasks"]]
-    assert any("mc_dropout" in n for n in names), names
+    assert any("shield_bits" in n for n in names), names
     x = load_fashion_mnist("test", fashion_root).as_float(0, 2)
     outs = []
     for db_dir in (None, db):
         art = tmp_path / f"art-{db_dir is not None}"
         m = compile_artifact(CompileArgs(None, "host", art, int8=True, calib=64, data_root=str(fashion_root),
                                          shield=shield), database_dir=db_dir)
-        if db_dir is not None:  # compiled with it: the dropout kernel's schedule came from the database
-            assert any("mc_dropout" in k for k in m["tuning"]["tuned_kernels"]), m["tuning"]
+        if db_dir is not None:  # compiled with it: the filter kernel's schedule came from the database
+            assert any("shield_bits" in k for k in m["tuning"]["tuned_kernels"]), m["tuning"]
         with Deployment(art) as dep:
             outs.append(dep.mc_logits(x, T=4, seed=5))
     np.testing.assert_array_equal(outs[0], outs[1])  # tuned schedules change speed, not results

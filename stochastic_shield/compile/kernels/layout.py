@@ -112,10 +112,15 @@ def to_logical(x: te.Tensor, form: Packed, isa: Isa) -> te.Tensor:
     return te.compute(form.logical_shape, lambda i, k: _logical(x[i, k], isa), name="from_flat")
 
 
+LOGICAL_ORDER_HW = "shield.logical_order_hw"  # pixels per channel of a to_logical_order kernel
+
+
 def nchwc_to_flat(x: te.Tensor, form: Packed, out: Packed) -> te.Tensor:
     """"flat_nchwc" -> "flat" (logical order), staying packed: before a dropout, which indexes NCHW."""
     k = form.c * form.h * form.w
-    return te.compute(out.shape, lambda i, j: x[i, _nchwc_pos(tirx.min(j, k - 1), form)], name="to_logical_order")
+    # HW: the schedule (schedule.py) splits the flat index into channel and pixel, so no div/mod is left per byte
+    return te.compute(out.shape, lambda i, j: x[i, _nchwc_pos(tirx.min(j, k - 1), form)], name="to_logical_order",
+                      attrs={LOGICAL_ORDER_HW: form.h * form.w})
 
 
 def to_rows(x: te.Tensor, spec, isa: Isa) -> te.Tensor:

@@ -29,7 +29,7 @@ import numpy as np
 import tvm
 from tvm import relax, te
 
-from ..shield.dropout import apply_mc_dropout, mc_dropout_info
+from ..shield.dropout_kernel import apply_mc_dropout, mc_dropout_info
 from . import conv as convk
 from . import dense as densek
 from . import depthwise as dwk

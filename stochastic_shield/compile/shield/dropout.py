@@ -1,4 +1,4 @@
-"""Monte Carlo dropout at inference: a stateless random keep mask from Philox-4x32-10, as a TIR kernel.
+"""Monte Carlo dropout at inference: the stateless random keep masks of Philox-4x32-10, and their numpy references.
 
 TVM has no random operator, and a board running MC dropout should hold no RNG state. Every
 keep decision is therefore a pure function of (seed, sample index, layer id, element index),
@@ -23,7 +23,7 @@ only source of randomness: the same rng gives the same output on any board, in a
 parallel schedule.
 
   rng = seed_to_rng(seed, sample_offset)
-  y = apply_mc_dropout(bb, x, rng_var, T=8, p=0.1, layer_id=3, zero_point=zp)   # Relax call_tir
+  y = apply_mc_dropout(bb, x, rng_var, T=8, p=0.1, layer_id=3, zero_point=zp)   # the kernel: dropout_kernel.py
   y_ref = mc_dropout_reference(x_np, rng, T=8, p=0.1, layer_id=3, zero_point=zp)
 """
 from __future__ import annotations
@@ -31,17 +31,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from tvm import ir, relax, tirx
-from tvm.script.ir_builder import IRBuilder
-# The TIR builder is "tb", not "T": T is the number of MC samples throughout this module.
-from tvm.script.ir_builder import tirx as tb
+from tvm import ir, tirx
 
 from ...errors import ShieldError
-from ...rng import seed_to_rng  # noqa: F401 - the kernel's RNG input, importable from here too
-from .philox import add_u32, philox4x32_10, philox_tir
+from ...rng import seed_to_rng  # the kernel's RNG input, importable from here too
+from .philox import philox4x32_10
 
 MC_DROPOUT_DTYPES = ("int8", "uint8", "float32")  # uint8: int8 codes + 128, as the packed VNNI kernels keep them
-_ATTR = "shield.mc_dropout"  # (T, p, layer_id, zero_point, repeat, channelwise) of a kernel, read back by pack_int8.py
 _WORDS = 4  # uint32 words per Philox block (dither.py draws one value per word)
 MASK_BITS = 8  # a keep decision is an 8-bit uniform
 MASK_LEVELS = 1 << MASK_BITS  # rates are drawn in steps of 1 / 256
@@ -193,162 +189,6 @@ def mc_dropout_reference(x: np.ndarray, rng: np.ndarray, *, T: int, p: float, la
     if x.dtype in (np.int8, np.uint8):
         return np.where(mask, x, x.dtype.type(zero_point))
     return np.where(mask, x * _keep_scale(p), np.float32(0.0))
-
-
-def mc_dropout_primfunc(shape, dtype: str, T: int, p: float, layer_id: int, zero_point: int = 0,
-                        repeat: bool = False, channelwise: bool = False) -> tirx.PrimFunc:
-    """The MC dropout kernel for one layer: ``(x: dtype[shape], rng: uint32[3], out: dtype[shape])``.
-
-    Two spatial blocks, both free to parallelise: ``philox_keep`` runs one Philox block per
-    (sample, group of 16 elements) into a bool[T, 16 * ceil(n / 16)] keep mask, shared by the B
-    images; ``apply_dropout`` then reads that mask at (r % T, e) for every element.
-
-    Parameters
-    ----------
-    shape : tuple of int
-        Static input shape (R, *rest); R must be a multiple of T.
-    dtype : str
-        ``"int8"``: kept elements unchanged, dropped ones set to ``zero_point`` (the 1 / (1 - p)
-        rescale is folded into the next layer), integer arithmetic only. ``"uint8"``: the same on
-        codes stored + 128 (zero_point then in [0, 255]). ``"float32"``: kept
-        elements multiplied by the float32 constant 1 / (1 - p), dropped ones set to 0.
-    T : int
-        MC samples per image: row r is sample r % T.
-    p : float
-        Drop probability in [0, 1); p = 0 keeps everything.
-    layer_id : int
-        The dropout layer's id in [0, 2^32), the third counter word.
-    zero_point : int
-        int8 value of a dropped element (int8 only; must be 0 for float32).
-    repeat : bool
-        x holds R / T rows and row r reads row r // T: the T-fold repeat of the images done by the
-        kernel (no copy of the repeated rows). ``shape`` stays the output's.
-    channelwise : bool
-        One keep decision per (sample, channel): element (r, c, ...) reads the mask at (r % T, c).
-
-    Returns
-    -------
-    tvm.tirx.PrimFunc
-    """
-    shape = tuple(int(d) for d in shape)
-    _check_args(shape, dtype, T, p, layer_id, zero_point, channelwise)
-    rest = shape[1:]
-    n = shape[1] if channelwise else math.prod(rest)
-    groups = -(-n // _ELEMS)
-    threshold = tirx.const(keep_threshold(p), "uint32")
-    with IRBuilder() as ib:
-        with tb.prim_func(s_tir=True):
-            tb.func_name("mc_dropout")
-            tb.func_attr({"tirx.noalias": True,
-                          _ATTR: [T, float(p), int(layer_id), int(zero_point), int(repeat), int(channelwise)]})
-            x = tb.arg("x", tb.Buffer((shape[0] // T, *rest) if repeat else shape, dtype))
-            rng = tb.arg("rng", tb.Buffer((3,), "uint32"))
-            out = tb.arg("out", tb.Buffer(shape, dtype))
-            keep = tb.sblock_alloc_buffer((T, groups * _ELEMS), "bool", layout=None)
-            with tb.grid(T, groups) as (t, g):
-                with tb.sblock("philox_keep"):
-                    vt, vg = tb.axis.remap("SS", [t, g])
-                    sample = add_u32(rng[2], tirx.Cast("uint32", vt))  # (offset + t) mod 2^32
-                    words = philox_tir(tirx.Cast("uint32", vg), sample, layer_id, 0, rng[0], rng[1], bind=tb.bind)
-                    # The 16 decisions as one vector op (shift, mask, compare of 16 lanes): written out as 16
-                    # scalar byte extractions they cost as much as the Philox rounds (measured: 0.7x the kernel).
-                    words_here = tb.sblock_alloc_buffer((_WORDS,), "uint32", scope="local", layout=None)
-                    for j, word in enumerate(words):
-                        tb.buffer_store(words_here, word, [j])
-                    with tb.vectorized(_ELEMS) as i:
-                        byte = tirx.bitwise_and(
-                            tirx.shift_right(words_here[i // _BYTES], tirx.Cast("uint32", (i % _BYTES) * MASK_BITS)),
-                            tirx.const(MASK_LEVELS - 1, "uint32"))
-                        tb.buffer_store(keep, byte >= threshold, [vt, vg * _ELEMS + i])
-            with tb.grid(*shape) as loops:
-                with tb.sblock("apply_dropout"):
-                    v = _as_list(tb.axis.remap("S" * len(shape), _as_list(loops)))
-                    kept = keep[v[0] % T, v[1] if channelwise else _flat_index(v[1:], rest)]
-                    xv = x[[v[0] // T, *v[1:]]] if repeat else x[v]
-                    if dtype != "float32":
-                        value = tirx.Select(kept, xv, tirx.const(zero_point, dtype))
-                    else:
-                        scaled = xv * tirx.const(float(_keep_scale(p)), "float32")
-                        value = tirx.Select(kept, scaled, tirx.const(0.0, "float32"))
-                    tb.buffer_store(out, value, v)
-    return ib.get()
-
-
-def apply_mc_dropout(bb: relax.BlockBuilder, x: relax.Expr, rng: relax.Expr, *, T: int, p: float, layer_id: int,
-                     zero_point: int = 0, repeat: bool = False, channelwise: bool = False) -> relax.Expr:
-    """Emit MC dropout of X into the Relax function that BB is building.
-
-    Parameters
-    ----------
-    bb : relax.BlockBuilder
-        Builder inside a function (and usually a dataflow block).
-    x : relax.Expr
-        int8, uint8 or float32 tensor of static shape (B * T, *rest), or (B, *rest) with REPEAT.
-    rng : relax.Expr
-        uint32[3] tensor (seed_lo, seed_hi, sample_offset), typically a parameter of main.
-    T, p, layer_id, zero_point, repeat, channelwise
-        As in ``mc_dropout_primfunc``.
-
-    Returns
-    -------
-    relax.Expr
-        The bound result: ``x``'s type (B * T rows with REPEAT).
-    """
-    ty = x.ty
-    if not isinstance(ty, relax.TensorType) or ty.shape is None or ty.dtype not in MC_DROPOUT_DTYPES:
-        raise ValueError(f"MC dropout needs an int8, uint8 or float32 tensor of static shape, got {ty}")
-    shape = [int(d) for d in ty.shape]
-    if repeat:
-        shape[0] *= T
-    func = mc_dropout_primfunc(shape, ty.dtype, T, p, layer_id, zero_point, repeat, channelwise)
-    # Without its own symbol the kernel is exported under its GlobalVar's name, which the builder
-    # keeps unique: two layers' kernels must not both export "mc_dropout".
-    gvar = bb.add_func(func.without_attr("global_symbol"), f"mc_dropout_l{layer_id}")
-    return bb.emit(relax.call_tir(gvar, [x, rng], out_ty=relax.TensorType(shape, ty.dtype)))
-
-
-PHILOX_PARALLEL_CALLS = 4096  # Philox calls (T x groups of 16) from which the masks are drawn on all cores
-
-
-def schedule_mc_dropout(func):
-    """The default schedule of an MC dropout kernel (an s_tir.Schedule): masks drawn in parallel over the
-    samples when there are many, the select vectorized.
-
-    Philox stays scalar: x86-64's 64-bit multiply gives both halves of a round's product at once,
-    while 16 or 8 vector lanes need four vpmuludq and shuffles per product; on Zen 5 vectorized
-    (and unrolled) rounds gained at most 13 % (68 -> 59 us for T=32 x 3136 features) and took 6 s
-    of LLVM per kernel. Two cores: 68 -> 38 us.
-    """
-    from tvm import s_tir
-
-    sch = s_tir.Schedule(func)
-    t, g = sch.get_loops(sch.get_sblock("philox_keep"))
-    big = int(sch.get(t).extent) * int(sch.get(g).extent) >= PHILOX_PARALLEL_CALLS
-    if big and int(sch.get(t).extent) > 1:
-        sch.parallel(t)
-    loops = sch.get_loops(sch.get_sblock("apply_dropout"))
-    if len(loops) > 1:
-        e = sch.fuse(*loops[1:]) if len(loops) > 2 else loops[-1]
-        _, ei = sch.split(e, [None, _divisor_at_most(int(sch.get(e).extent), 64)])
-        sch.vectorize(ei)
-        if big and int(sch.get(loops[0]).extent) > 1:
-            sch.parallel(loops[0])
-    return sch
-
-
-def _divisor_at_most(n: int, cap: int) -> int:
-    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
-
-
-def mc_dropout_info(func) -> dict | None:
-    """(T, p, layer_id, zero_point, repeat, channelwise) of an MC dropout kernel as a dict, or None for any other
-    function."""
-    attrs = getattr(func, "attrs", None)
-    if not isinstance(func, tirx.PrimFunc) or attrs is None or _ATTR not in attrs:
-        return None
-    t, p, layer_id, zp, repeat, channelwise = attrs[_ATTR]
-    return {"T": int(t), "p": float(p), "layer_id": int(layer_id), "zero_point": int(zp), "repeat": bool(repeat),
-            "channelwise": bool(channelwise)}
 
 
 def _check_layer(layer_id: int) -> None:

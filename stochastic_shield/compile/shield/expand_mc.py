@@ -13,7 +13,7 @@ import tvm
 from tvm import relax
 
 from .dither import apply_dither, dither_marker_bits
-from .dropout import apply_mc_dropout
+from .dropout_kernel import apply_mc_dropout
 from .markers import marker_info, marker_input
 from .noise import apply_noise, noise_marker_sigma
 

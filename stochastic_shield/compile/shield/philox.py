@@ -109,9 +109,15 @@ def _word(w: Word) -> Word:
         w = int(w.value)
     if isinstance(w, (int, np.integer)):
         return int(w) & _MASK32
-    if str(w.ty) != "uint32":  # 0.27 expressions carry a PrimType in .ty (no .dtype)
-        raise TypeError(f"Philox words must be uint32 expressions, got {w.ty}")
+    if str(w.ty).split("x")[0] != "uint32":  # 0.27 expressions carry a PrimType in .ty (no .dtype)
+        raise TypeError(f"Philox words must be uint32 expressions (or vectors of them), got {w.ty}")
     return w
+
+
+def _as(dtype: str, w: ir.Expr) -> ir.Expr:
+    """W cast to scalar type DTYPE, lane for lane (a uint32x16 word becomes a uint64x16)."""
+    lanes = str(w.ty).partition("x")[2]
+    return tirx.Cast(f"{dtype}x{lanes}" if lanes else dtype, w)
 
 
 def _u32(w: Word) -> ir.Expr:
@@ -126,12 +132,37 @@ def _mulhilo_tir(m: int, x: Word) -> tuple[Word, Word]:
         # "Literal value ... exceeds maximum of uint32". Fold constants here instead.
         prod = m * x
         return prod >> 32, prod & _MASK32
-    prod = tirx.Cast("uint64", x) * tirx.const(m, "uint64")
-    hi = tirx.Cast("uint32", prod >> tirx.const(32, "uint64"))
+    lanes = int(str(x.ty).partition("x")[2] or 1)
+    if lanes > 1:
+        return _mulhilo_lanes(m, x, lanes)
+    prod = _as("uint64", x) * tirx.const(m, "uint64")
+    hi = _as("uint32", prod >> tirx.const(32, "uint64"))
     # The mask is a no-op for the machine (truncation drops those bits anyway) but not for TVM's
     # simplifier: when x has a known range (a loop variable) it casts the product's bounds to
     # uint32 and aborts if they exceed 2^32 - 1; masked, the bounds fit.
-    lo = tirx.Cast("uint32", prod & tirx.const(_MASK32, "uint64"))
+    lo = _as("uint32", prod & tirx.const(_MASK32, "uint64"))
+    return hi, lo
+
+
+def _mulhilo_lanes(m: int, x: ir.Expr, lanes: int) -> tuple[ir.Expr, ir.Expr]:
+    """_mulhilo_tir of a vector of LANES uint32 words, as 32x32->64-bit multiplies of the even and the odd words.
+
+    Widening the whole vector to uint64 (what LLVM makes of the scalar formula) costs a zero-extension of each
+    half and a truncation of each product half; here the word pairs are read as uint64 lanes, the even words
+    masked and the odd ones shifted down (x86 ``vpmuludq``), and the halves are interleaved back by lane.
+    """
+    pairs = tirx.reinterpret(f"uint64x{lanes // 2}", x)
+    mult = tirx.const(m, "uint64")
+    even = (pairs & tirx.const(_MASK32, "uint64")) * mult   # word 2i's product in pair i
+    odd = (pairs >> tirx.const(32, "uint64")) * mult         # word 2i+1's product in pair i
+    words = f"uint32x{lanes}"
+    interleave = [i + (lanes if i % 2 else 0) for i in range(lanes)]   # even words from the first, odd from the second
+    hi = tirx.Shuffle([tirx.reinterpret(words, even >> tirx.const(32, "uint64")), tirx.reinterpret(words, odd)],
+                      interleave)
+    # the odd words' low halves move up a word by the shuffle: shifted, LLVM folds the shift into the multiplier
+    # and multiplies all 64 bits (vpmullq)
+    lo = tirx.Shuffle([tirx.reinterpret(words, even), tirx.reinterpret(words, odd)],
+                      [i + (lanes - 1 if i % 2 else 0) for i in range(lanes)])
     return hi, lo
 
 
@@ -163,17 +194,43 @@ def add_u32(a: Word, b: Word) -> Word:
     """
     if isinstance(a, int) and isinstance(b, int):
         return (a + b) & _MASK32
-    wide = tirx.Cast("uint64", _u32(a)) + tirx.Cast("uint64", _u32(b))
-    return tirx.Cast("uint32", wide & tirx.const(_MASK32, "uint64"))
+    wide = _as("uint64", _u32(a)) + _as("uint64", _u32(b))
+    return _as("uint32", wide & tirx.const(_MASK32, "uint64"))
 
 
-def philox_primfunc(n: int) -> tirx.PrimFunc:
+def lane_binder(lanes: int, slots: int = 6 * PHILOX_ROUNDS) -> Callable[[ir.Expr], ir.Expr]:
+    """A ``bind`` for ``philox_tir`` on vectors of LANES words, inside an IRBuilder function body.
+
+    A vector word is stored to a slot of a local scratch buffer and read back (LLVM keeps the slots in
+    registers; SLOTS covers the four words and two key words of every round); a scalar one is bound with ``T.bind``. Bound as variables, the vector words made TVM's
+    simplifier re-expand every round's expression: seconds per kernel in each pass (12 s for one
+    kernel, against 0.1 s this way).
+    """
+    scratch = T.alloc_buffer((slots * lanes,), "uint32", scope="local")
+    used = [0]
+
+    def bind(e: ir.Expr) -> ir.Expr:
+        if "x" not in str(e.ty):
+            return T.bind(e)
+        if used[0] == slots:
+            raise ValueError(f"more than {slots} vector words to bind")
+        at = tirx.Ramp(used[0] * lanes, 1, lanes)
+        used[0] += 1
+        T.buffer_store(scratch, e, [at])
+        return scratch[at]
+
+    return bind
+
+
+def philox_primfunc(n: int, lanes: int = 1) -> tirx.PrimFunc:
     """A PrimFunc exposing the raw words, to check the TIR generator against ``philox4x32_10``.
 
     Parameters
     ----------
     n : int
         Number of counters.
+    lanes : int
+        Counters per call of the generator: 1 (scalar words), or vectors of LANES words (n a multiple).
 
     Returns
     -------
@@ -181,17 +238,17 @@ def philox_primfunc(n: int) -> tirx.PrimFunc:
         ``philox(counter: uint32[n, 4], key: uint32[n, 2], out: uint32[n, 4])`` with
         ``out[i] = Philox-4x32-10(counter[i], key[i])``.
     """
-    with IRBuilder() as ib:
-        with T.prim_func(s_tir=True):
-            T.func_name("philox4x32_10")
-            T.func_attr({"tirx.noalias": True})
-            counter = T.arg("counter", T.Buffer((n, 4), "uint32"))
-            key = T.arg("key", T.Buffer((n, 2), "uint32"))
-            out = T.arg("out", T.Buffer((n, 4), "uint32"))
-            with T.grid(n) as i:
-                with T.sblock("philox"):
-                    vi = T.axis.remap("S", [i])
-                    words = philox_tir(*(counter[vi, j] for j in range(4)), key[vi, 0], key[vi, 1], bind=T.bind)
-                    for j, w in enumerate(words):
-                        T.buffer_store(out, w, [vi, j])
+    with IRBuilder() as ib, T.prim_func():
+        T.func_name("philox4x32_10")
+        T.func_attr({"tirx.noalias": True})
+        bufs = [T.arg(name, T.Buffer((n, k), "uint32")) for name, k in (("counter", 4), ("key", 2), ("out", 4))]
+        counter, key, out = (T.decl_buffer((n * b.shape[1],), "uint32", data=b.data) for b in bufs)
+        with T.serial(0, n // lanes) as i:
+            def at(buf, width, j):  # word j of counters i * lanes ..: one word, or a vector of LANES
+                first = i * lanes * width + j
+                return buf[first] if lanes == 1 else buf[tirx.Ramp(first, width, lanes)]
+            bind = T.bind if lanes == 1 else lane_binder(lanes)
+            words = philox_tir(*(at(counter, 4, j) for j in range(4)), at(key, 2, 0), at(key, 2, 1), bind=bind)
+            for j, w in enumerate(words):
+                T.buffer_store(out, w, [i * lanes * 4 + j if lanes == 1 else tirx.Ramp(i * lanes * 4 + j, 4, lanes)])
     return ib.get()
