@@ -90,6 +90,18 @@ class _Chain:
             return None
         return us[0], call
 
+    def walk(self, var, ops: tuple):
+        """([vars], [calls]) of the single-user chain OPS after VAR (each ``next`` of the one before), or None."""
+        tail, calls = [], []
+        for op in ops:
+            step = self.next(var, op)
+            if step is None:
+                return None
+            var = step[0]
+            tail.append(var)
+            calls.append(step[1])
+        return tail, calls
+
     def epilogue(self, acc, o: int):
         """(Epilogue, last var, replaced vars) of the tail after accumulator ACC, or None."""
         step = self.next(acc, "relax.add")
@@ -102,14 +114,11 @@ class _Chain:
             if scale is None or (s := _per_channel(scale[1].args[1], o, np.float32)) is None:
                 return None
             return Epilogue(bias, out_scale=s), scale[0], set(seen + [cast[0], scale[0]])
-        calls, var = [], step[0]
-        for op in _REQUANT:
-            step = self.next(var, op)
-            if step is None:
-                return None
-            var = step[0]
-            seen.append(var)
-            calls.append(step[1])
+        walked = self.walk(step[0], _REQUANT)
+        if walked is None:
+            return None
+        seen += walked[0]
+        calls, var = walked[1], walked[0][-1]
         if str(calls[0].attrs.dtype) != "int64" or str(calls[-1].attrs.dtype) != "int8":
             return None
         m0, rnd, n = (_per_channel(c.args[1], o, np.int64) for c in calls[1:4])

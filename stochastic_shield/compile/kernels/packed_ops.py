@@ -73,15 +73,11 @@ def _branch(var, value_of: dict, users: dict):
 
 def _walk(chain: _Chain, var, ops: tuple):
     """([vars], [scalar constants, None for casts]) of the single-user chain OPS after VAR, or None."""
-    tail, consts = [], []
-    for op in ops:
-        step = chain.next(var, op)
-        if step is None:
-            return None
-        var = step[0]
-        tail.append(var)
-        consts.append(None if op == "relax.astype" else _scalar(step[1].args[1]))
-    return tail, consts
+    walked = chain.walk(var, ops)
+    if walked is None:
+        return None
+    tail, calls = walked
+    return tail, [None if op == "relax.astype" else _scalar(c.args[1]) for op, c in zip(ops, calls)]
 
 
 def find_adds(bindings: list, users: dict) -> dict:
