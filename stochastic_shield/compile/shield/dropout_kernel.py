@@ -32,7 +32,7 @@ from .dropout import (
     _keep_scale,
     keep_threshold,
 )
-from .philox import add_u32, lane_binder, philox_tir
+from .philox import add_u32, lane_binder, lanes_of, philox_tir
 
 _ATTR = "shield.mc_dropout"  # (T, p, layer_id, zero_point, repeat, channelwise) of a kernel, read back by pack_int8.py
 LANES = 16  # Philox calls per vector: one 128-bit block of 16 decisions per lane
@@ -109,7 +109,7 @@ def _draw(words, t, width: int, rng, layer_id: int) -> None:
     sample = tb.bind(add_u32(rng[2], tirx.Cast("uint32", t)))  # (offset + t) mod 2^32
     with tb.serial(0, width // (LANES * _ELEMS)) as b:
         group = tirx.Cast(f"uint32x{LANES}", tirx.Ramp(b * LANES, 1, LANES))
-        w = [v if "x" in str(v.ty) else tirx.Broadcast(v, LANES)  # a word may still be lane-independent
+        w = [v if lanes_of(v) > 1 else tirx.Broadcast(v, LANES)  # a word may still be lane-independent
              for v in philox_tir(group, sample, layer_id, 0, rng[0], rng[1], bind=lane_binder(LANES))]
         # lane l's four words are group b * 16 + l's 16 bytes: interleave the word vectors back into stream order
         stream = tirx.Shuffle(w, [j * LANES + lane for lane in range(LANES) for j in range(_WORDS)])

@@ -109,15 +109,20 @@ def _word(w: Word) -> Word:
         w = int(w.value)
     if isinstance(w, (int, np.integer)):
         return int(w) & _MASK32
-    if str(w.ty).split("x")[0] != "uint32":  # 0.27 expressions carry a PrimType in .ty (no .dtype)
+    if str(w.ty).partition("x")[0] != "uint32":  # 0.27 expressions carry a PrimType in .ty (no .dtype)
         raise TypeError(f"Philox words must be uint32 expressions (or vectors of them), got {w.ty}")
     return w
 
 
+def lanes_of(w: ir.Expr) -> int:
+    """Lanes of expression W: 1 for a scalar, 16 for a uint32x16 vector."""
+    return int(str(w.ty).partition("x")[2] or 1)
+
+
 def _as(dtype: str, w: ir.Expr) -> ir.Expr:
     """W cast to scalar type DTYPE, lane for lane (a uint32x16 word becomes a uint64x16)."""
-    lanes = str(w.ty).partition("x")[2]
-    return tirx.Cast(f"{dtype}x{lanes}" if lanes else dtype, w)
+    lanes = lanes_of(w)
+    return tirx.Cast(f"{dtype}x{lanes}" if lanes > 1 else dtype, w)
 
 
 def _u32(w: Word) -> ir.Expr:
@@ -132,7 +137,7 @@ def _mulhilo_tir(m: int, x: Word) -> tuple[Word, Word]:
         # "Literal value ... exceeds maximum of uint32". Fold constants here instead.
         prod = m * x
         return prod >> 32, prod & _MASK32
-    lanes = int(str(x.ty).partition("x")[2] or 1)
+    lanes = lanes_of(x)
     if lanes > 1:
         return _mulhilo_lanes(m, x, lanes)
     prod = _as("uint64", x) * tirx.const(m, "uint64")
@@ -202,15 +207,15 @@ def lane_binder(lanes: int, slots: int = 6 * PHILOX_ROUNDS) -> Callable[[ir.Expr
     """A ``bind`` for ``philox_tir`` on vectors of LANES words, inside an IRBuilder function body.
 
     A vector word is stored to a slot of a local scratch buffer and read back (LLVM keeps the slots in
-    registers; SLOTS covers the four words and two key words of every round); a scalar one is bound with ``T.bind``. Bound as variables, the vector words made TVM's
-    simplifier re-expand every round's expression: seconds per kernel in each pass (12 s for one
-    kernel, against 0.1 s this way).
+    registers; SLOTS covers the four words and two key words of every round); a scalar one is bound with
+    ``T.bind``. Bound as variables, the vector words made TVM's simplifier re-expand every round's
+    expression: seconds per kernel in each pass (12 s for one kernel, against 0.1 s this way).
     """
     scratch = T.alloc_buffer((slots * lanes,), "uint32", scope="local")
     used = [0]
 
     def bind(e: ir.Expr) -> ir.Expr:
-        if "x" not in str(e.ty):
+        if lanes_of(e) == 1:
             return T.bind(e)
         if used[0] == slots:
             raise ValueError(f"more than {slots} vector words to bind")
@@ -244,11 +249,11 @@ def philox_primfunc(n: int, lanes: int = 1) -> tirx.PrimFunc:
         bufs = [T.arg(name, T.Buffer((n, k), "uint32")) for name, k in (("counter", 4), ("key", 2), ("out", 4))]
         counter, key, out = (T.decl_buffer((n * b.shape[1],), "uint32", data=b.data) for b in bufs)
         with T.serial(0, n // lanes) as i:
-            def at(buf, width, j):  # word j of counters i * lanes ..: one word, or a vector of LANES
+            def at(width, j):  # word j of counters i * lanes ..: one index, or a vector of LANES
                 first = i * lanes * width + j
-                return buf[first] if lanes == 1 else buf[tirx.Ramp(first, width, lanes)]
+                return first if lanes == 1 else tirx.Ramp(first, width, lanes)
             bind = T.bind if lanes == 1 else lane_binder(lanes)
-            words = philox_tir(*(at(counter, 4, j) for j in range(4)), at(key, 2, 0), at(key, 2, 1), bind=bind)
+            words = philox_tir(*(counter[at(4, j)] for j in range(4)), key[at(2, 0)], key[at(2, 1)], bind=bind)
             for j, w in enumerate(words):
-                T.buffer_store(out, w, [i * lanes * 4 + j if lanes == 1 else tirx.Ramp(i * lanes * 4 + j, 4, lanes)])
+                T.buffer_store(out, w, [at(4, j)])
     return ib.get()
