@@ -255,3 +255,30 @@ if __name__ == "__main__":
     data = json.loads(src.read_text())
     plot(data, src.with_suffix(".png"))
     print(markdown(data))
+
+
+EARLIER = "speed-xeon-amx.json"   # an earlier run of this benchmark on another CPU, kept beside speed.json
+
+
+def machines_table(res: dict, earlier: dict | None = None) -> str:
+    """Ours / the faster edge peer from Python, per model and thread count, on this run's CPU and on the CPU of
+    the earlier run (benchmarks/results/speed-xeon-amx.json), with each run's per-core int8 peak: the ratios move
+    with the machine, so both are shown."""
+    if earlier is None:
+        earlier = json.loads((Path(__file__).resolve().parent / "results" / EARLIER).read_text())
+    runs = [earlier, res]
+    heads = [f"{r['runs'][0]['machine']['cpu']} ({'AMX' if r['runs'][0]['machine'].get('amx_int8') else 'no AMX'}, "
+             f"{peak_gmacs(r, 1):g} GMAC/s per core), commit {r['runs'][0]['commit']}" for r in runs]
+    by_key = [{m["info"]["label"]: m for m in _models(r)} for r in runs]
+    out = []
+    for m in _models(res):
+        label = m["info"]["label"]
+        for t in res["settings"]["threads"]:
+            cells = []
+            for models in by_key:
+                r, who = ratio(models[label], t) if label in models else (None, None)
+                cells.append("-" if r is None else f"{'**' if r > 1 else ''}{r:.2f}x{'**' if r > 1 else ''} ({NAMES[who]})")
+            out.append([label, t, *cells])
+    return (_table(["model", "threads", *heads], out)
+            + "\n\n_Ours / the faster of LiteRT and ExecuTorch from Python, median of the interleaved rounds of each run; "
+              "bold: above 1.0x (the target missed)._")

@@ -22,7 +22,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.speed_report import accuracy_table, python_table, runtime_table, shield_table, where_table
+from benchmarks.speed_report import (
+    accuracy_table,
+    machines_table,
+    python_table,
+    runtime_table,
+    shield_table,
+    where_table,
+)
 from benchmarks.tables_callpath import callpath
 from benchmarks.tables_common import Table
 from benchmarks.tables_compile import (
@@ -75,6 +82,7 @@ TABLES: dict[str, Table] = {
     "speed.runtime": Table("speed.json", runtime_table),
     "speed.accuracy": Table("speed.json", accuracy_table),
     "speed.shield": Table("speed.json", shield_table),
+    "speed.machines": Table("speed.json", machines_table),
     "speed.where": Table("speed.json", where_table),
     "speed.peer_kernels": Table("peer_kernels.json", peer_kernels),
     "kernels.networks": Table("kernels.json", kernels_networks),
