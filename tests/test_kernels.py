@@ -28,6 +28,7 @@ from stochastic_shield.compile.kernels.epilogue import Epilogue
 from stochastic_shield.compile.kernels.isa import ISAS
 from stochastic_shield.compile.kernels.packed_ops import LutAnchor
 from stochastic_shield.compile.kernels.schedule import DefaultSchedules
+from stochastic_shield.compile.kernels.spatial_sum import spatial_sum_func
 from stochastic_shield.compile.pipeline import (
     build,
     lower,
@@ -160,6 +161,18 @@ class SqueezeExcite(nn.Module):
         return self.fc((x * s).flatten(1))
 
 
+
+class GlobalPool(nn.Module):
+    """A classifier head as torchvision writes it: global average pool of 20 channels (no multiple of 16), flatten,
+    dense."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.fc = nn.Conv2d(3, 20, 3, 2, 1), nn.Linear(20, 10)
+
+    def forward(self, x):
+        return self.fc(nn.functional.adaptive_avg_pool2d(torch.relu(self.stem(x)), 1).flatten(1))
+
 def _rgb(x: np.ndarray) -> np.ndarray:
     """Grey images as 3 different channels."""
     return np.concatenate([x, 1.0 - x, x * x], axis=1).astype(np.float32)
@@ -257,11 +270,46 @@ def test_squeeze_excitation_product_stays_packed_and_bit_exact(batch, images, ca
     assert [lay.kind for lay in plan.layers].count("mul") == 1
     packed = pack_int8(qmod, HOST)
     calls = [c.rstrip("0123456789") for c in _calls(packed, "main")]
-    # the product reads both packed values (the 1x1 scale broadcast); only the mean reads x unpacked
-    assert calls.count("packed_mul") == 1 and calls.count("unpack") == 1, calls
-    assert calls.index("unpack") < calls.index("relax.sum") < calls.index("packed_mul"), calls
+    # the product reads both packed values (the 1x1 scale broadcast); the mean sums the packed codes: no unpack
+    assert calls.count("packed_mul") == 1 and calls.count("packed_sum") == 1 and "unpack" not in calls, calls
+    assert calls.index("packed_sum") < calls.index("packed_mul") and "relax.sum" not in calls, calls
     _assert_bit_exact_rgb(packed, plan, images, batch, seed=13)
 
+
+
+
+@pytest.mark.parametrize("isa_name", ["vnni512", "neon"])
+@pytest.mark.parametrize("keepdims", [True, False])
+def test_packed_sum_equals_the_sum_of_the_codes(isa_name, keepdims):
+    """The packed sum kernel gives, for every logical channel (20: the second block padded), the int32 sum over H
+    and W of its int8 codes, whatever the codes (the extremes included), the ISA's shift taken off exactly."""
+    isa = ISAS[isa_name]
+    n, c, h, w = 2, 20, 5, 7
+    shape = (n, 2, h, w, 16)
+    rng = np.random.default_rng(3)
+    codes = rng.integers(-128, 128, (n, c, h, w)).astype(np.int8)
+    codes[0, :, 0, 0], codes[1, :, 0, 0] = -128, 127
+    x = np.zeros(shape, np.int16)
+    x[:, 0], x[:, 1, ..., :c - 16] = (codes[:, :16].transpose(0, 2, 3, 1), codes[:, 16:].transpose(0, 2, 3, 1))
+    x[:, 1, ..., c - 16:] = rng.integers(-128, 128, x[:, 1, ..., c - 16:].shape)  # padded lanes: any value
+    x = (x + isa.shift).astype(isa.act_dtype)
+    func = spatial_sum_func(shape, c, keepdims, isa)
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=HOST)
+    out = tvm.runtime.empty((n, c, 1, 1) if keepdims else (n, c), "int32", tvm.cpu())
+    lib["main"](tvm.runtime.tensor(x), out)
+    want = codes.astype(np.int32).sum(axis=(2, 3), keepdims=keepdims)
+    np.testing.assert_array_equal(out.numpy(), want)
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_global_average_pool_sums_the_packed_codes_bit_exact(batch, images, calib):
+    """The pool's sum over H and W reads the conv's packed codes (the shift taken off per channel): no unpack of the
+    feature map, no generic sum, and the logits equal the numpy reference's."""
+    _needs_host_isa()
+    qmod, plan = _quantized_rgb(GlobalPool, batch, calib)
+    packed = pack_int8(qmod, HOST)
+    calls = [c.rstrip("0123456789") for c in _calls(packed, "main")]
+    assert calls.count("packed_sum") == 1 and not {"unpack", "relax.sum"} & set(calls), calls
+    _assert_bit_exact_rgb(packed, plan, images, batch, seed=17)
 
 @pytest.mark.parametrize("pool", [None, (2, 2, 2, 2)])
 def test_conv_requantizes_inside_its_register_tile(pool):

@@ -8,10 +8,11 @@ dense.py      packed dense, the same
 depthwise.py  packed depthwise conv2d: 16 channels per vector, taps unrolled, int16 products summed in int32
 layout.py     packed activation forms and the conversions at region boundaries
 match.py      finds the emitter's conv2d (dense and depthwise) / dense chains in a Relax function
-pack_int8.py  PackInt8, the Relax pass
+lut.py        one-table lookups (vpermi2b on VBMI); spatial_sum.py a global average pool's sum
+pack_int8.py  the rewriter of one Relax function; pack_pass.py PackInt8, the Relax pass
 """
 from . import isa as _isa  # noqa: F401 - registers the fixed VNNI intrinsics on import
 from .isa import select_isa
-from .pack_int8 import PackInt8
+from .pack_pass import PackInt8
 
 __all__ = ["PackInt8", "select_isa"]

@@ -14,6 +14,8 @@ packed value flows on through what can take it as it is:
   a max pool (any padding) of an "nchwc" value       packed_ops.py: the window on the codes
   a lookup-table activation of an "nchwc" value      packed_ops.py: the table indexed by the codes (one
                                                     table for all channels: a kernel of its own, lut.py)
+  a global average pool's sum over H and W         spatial_sum.py: one vector add per pixel and channel
+    of an "nchwc" value                               block, into the emitter's int32 sum
 Anything else reads the logical int8 tensor, converted back once where first needed, so layout
 conversions sit only at the boundaries of packed regions. A dropout needs its elements in NCHW
 order (its Philox counters use the flat NCHW index), so a flatten feeding one is put back into
@@ -36,8 +38,9 @@ from . import depthwise as dwk
 from . import layout
 from . import lut as lutk
 from .epilogue import BLOCK, blocks, compensated_bias, requant_arrays
-from .isa import Isa, select_isa
-from .match import KINDS, Anchor, find_anchors, layer_sites, uses
+from .isa import Isa
+from .match import Anchor, find_anchors, uses
+from .spatial_sum import spatial_sum_func
 from .match import op_name as _op
 from .packed_ops import find_adds, find_luts, find_muls, max_pool, packed_add, packed_lut, packed_mul
 
@@ -49,7 +52,7 @@ def _c(a: np.ndarray) -> relax.Expr:
     return relax.const(a, str(a.dtype))
 
 
-class _Rewriter:
+class Rewriter:
     """Re-emits one function, replacing anchors by packed kernels and tracking packed values."""
 
     def __init__(self, bb: relax.BlockBuilder, mod: tvm.IRModule, isa: Isa, func: relax.Function, kinds,
@@ -59,7 +62,8 @@ class _Rewriter:
         self.ret = func.body.body
         self.anchors = find_anchors(func, kinds)
         self.replaced = set().union(*(a.replaced for a in self.anchors.values())) if self.anchors else set()
-        users = uses(self.bindings, self.ret)
+        self.users = users = uses(self.bindings, self.ret)
+        self.value_of = {b.var: b.value for b in self.bindings}
         self.adds, self.luts = find_adds(self.bindings, users), find_luts(self.bindings, users)
         self.muls = find_muls(self.bindings, users)
         self.chain_parts = {b.var for a in [*self.adds.values(), *self.luts.values(), *self.muls.values()]
@@ -218,6 +222,8 @@ class _Rewriter:
             return self._repeat(b, v)
         if _op(v) == "relax.nn.max_pool2d":
             return self._max_pool(b, v)
+        if _op(v) == "relax.astype":
+            return self._spatial_sum(b, v)
         return _op(v) == "relax.reshape" and self._flatten(b, v)
 
     def _mc_dropout(self, b, v, info) -> bool:
@@ -265,6 +271,24 @@ class _Rewriter:
                                  padding=tuple(int(p) for p in a.padding), isa=self.isa)
         self.packed[b.var] = (self.bb.emit_te(pool, expr, primfunc_name_hint="packed_max_pool"),
                               layout.Packed("nchwc", n, c, oh, ow))
+        return True
+
+    def _spatial_sum(self, b, v) -> bool:
+        """astype(int32) of a packed value read only by a sum over H and W (a global average pool) sums the packed
+        codes (spatial_sum.py); the sum's int32 result is logical, as the emitter's."""
+        x, readers = v.args[0], self.users.get(b.var, [])
+        if x not in self.packed or self.packed[x][1].kind != "nchwc" or str(v.attrs.dtype) != "int32" \
+                or len(readers) != 1 or _op(self.value_of.get(readers[0])) != "relax.sum":
+            return False
+        s = self.value_of[readers[0]]
+        if s.attrs.axis is None or sorted(int(a) % 4 for a in s.attrs.axis) != [2, 3]:
+            return False
+        expr, form = self.packed[x]
+        func = spatial_sum_func(form.shape, form.c, bool(s.attrs.keepdims), self.isa)
+        out_ty = relax.TensorType([int(d) for d in readers[0].ty.shape], "int32")
+        gv = self.bb.add_func(func.with_attr("op_pattern", 8), "packed_sum")  # written scheduled (no KERNEL_ATTR)
+        self.env[readers[0]] = self.bb.emit(relax.call_tir(gv, [expr], out_ty))
+        self.replaced.add(readers[0])
         return True
 
     def _flatten(self, b, v) -> bool:
@@ -356,54 +380,3 @@ class _Rewriter:
             v = self.sub(v)
         self.env[b.var] = self.bb.emit(v, name_hint=b.var.name)
 
-
-def _rewritable(func) -> bool:
-    return (isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr)
-            and all(isinstance(blk, relax.DataflowBlock) for blk in func.body.blocks))
-
-
-def _layers(func, isa, kinds) -> list[dict]:
-    """One entry per int8 conv2d / matmul of FUNC: its name, kind, shape and whether a packed kernel replaces it."""
-    anchors = find_anchors(func, kinds) if isa is not None else {}
-    replaced = set().union(*(a.replaced for a in anchors.values())) if anchors else set()
-    return [{"layer": var.name, "kind": kind, "shape": desc, "packed": var in replaced}
-            for var, kind, desc in layer_sites(func)]
-
-
-@tvm.transform.module_pass(opt_level=0, name="PackInt8")
-class PackInt8:
-    """Rewrite int8 conv2d / dense chains into packed dot-product kernels for TARGET (a no-op elsewhere).
-
-    After a run, ``report`` says per Relax function which int8 conv2d / matmul layers were packed
-    and which stay generic (``{"isa", "reason", "functions": {name: [{"layer", "kind", "shape", "packed"}]}}``).
-    """
-
-    def __init__(self, target, kinds=KINDS):
-        self.isa, self.reason = select_isa(target)
-        self.vbmi = self.isa is not None and lutk.has_vbmi(self.isa, tvm.target.Target(target))
-        self.kinds = frozenset(kinds)  # which anchor kinds to pack (benchmarks compare against fewer)
-        self.report: dict = {}
-
-    def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
-        self.report = {"isa": self.isa.name if self.isa else None, "reason": self.reason,
-                       "functions": {gv.name_hint: _layers(f, self.isa, self.kinds) for gv, f in mod.functions.items()
-                                     if isinstance(f, relax.Function) and _rewritable(f)}}
-        if self.isa is None:
-            return mod
-        todo = {gv: f for gv, f in mod.functions.items() if _rewritable(f) and find_anchors(f, self.kinds)}
-        if not todo:
-            return mod
-        bb = relax.BlockBuilder(tvm.IRModule({g: f for g, f in mod.functions.items() if g not in todo}))
-        for gv, func in todo.items():
-            rw = _Rewriter(bb, mod, self.isa, func, self.kinds, self.vbmi)
-            params = [relax.Var(p.name, p.ty) for p in func.params]
-            attrs = dict(func.attrs) if func.attrs is not None else None
-            with bb.function(gv.name_hint, params, attrs=attrs, pure=func.is_pure):
-                with bb.dataflow():
-                    rw.env.update(zip(func.params, params))
-                    for b in rw.bindings:
-                        rw.binding(b)
-                    out = bb.emit_output(rw.sub(func.body.body))
-                bb.emit_func_output(out)
-        entries = [gv.name_hint for gv, f in mod.functions.items() if isinstance(f, relax.Function)]
-        return relax.transform.DeadCodeElimination(entries)(bb.get())
