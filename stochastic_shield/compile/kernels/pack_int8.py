@@ -97,8 +97,7 @@ class Rewriter:
 
     def _folded_repeats(self) -> set:
         """Repeats (axis 0) whose only reader is an MC dropout of the same T: that kernel repeats the rows."""
-        users = uses(self.bindings, self.ret)
-        value_of = {b.var: b.value for b in self.bindings}
+        users, value_of = self.users, self.value_of
         folded = set()
         for b in self.bindings:
             v = b.value
