@@ -162,6 +162,7 @@ def test_board_killed_mid_run_then_rerun_with_the_board_back(tmp_path):
         res = first.json()
         assert res["status"] == "stopped" and f"no board left under key {KEY!r}" in res["reason"]
         assert ROUND <= res["trials_after"] < BUDGET and res["failed"] >= 1
+        assert res["boards"][board.address]["measured"] == res["trials_after"]  # every kept trial counted to it
         errors = [e for b in res["boards"].values() for e in b["errors"]]  # failed at once, not after --queue-timeout
         assert errors and all(f"no board registered under key {KEY!r}" in e for e in errors), errors
         kept, kept_workloads = _on_disk(db / D.RECORDS)[0], _on_disk(db / D.WORKLOADS)[0]

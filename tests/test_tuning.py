@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -190,39 +188,6 @@ def test_corrupt_database_is_a_one_line_error_naming_file_and_line(host_db, tmp_
     fixed = D.repair(bad)
     assert [d["line"] for d in fixed["dropped"]] == [n] and fixed["records"] == n - 1
     assert D.validate(bad)["records"] == n - 1
-
-
-def test_killed_board_stops_the_run_and_a_rerun_resumes_without_losing_records(tmp_path):
-    db, logs = tmp_path / "db", tmp_path / "logs"
-    with B.local_boards(host_key="hostk", log_dir=tmp_path / "boards") as boards:
-        server = next(p for p in boards.processes if p.kind == "server")
-
-        def kill_after_first_round():
-            f = db / D.RECORDS
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline and not (f.exists() and len(f.read_text().splitlines()) >= 2):
-                time.sleep(0.2)
-            B.stop(server)
-
-        killer = threading.Thread(target=kill_after_first_round, daemon=True)
-        killer.start()
-        args = _args(db, logs, tracker=boards.tracker, key="hostk", trials=8, num_trials_per_iter=2,
-                     queue_timeout=10.0)
-        first = tune(args)
-        killer.join()
-        assert first["status"] == "stopped" and "no board left under key 'hostk'" in first["reason"]
-        assert first["failed"] >= 1 and 2 <= first["trials_after"] < 8
-        assert first["boards"][server.address]["measured"] == first["trials_after"]
-        kept = _record_lines(db)
-
-        boards.processes.append(B.start_host_server(B.free_port(), boards.tracker, "hostk", log_dir=boards.log_dir))
-        second = tune(args)  # (local_boards stops what is in boards.processes)
-    assert second["status"] == "done"
-    assert second["trials_before"] == first["trials_after"]  # resumed: the finished records counted
-    assert second["measured"] == 8 - first["trials_after"]   # ... and only the rest of the budget spent
-    after = _record_lines(db)
-    assert after[: len(kept)] == kept                       # no finished record lost or rewritten
-    assert len(after) == len(kept) + second["measured"]
 
 
 @pytest.mark.emulated
