@@ -1,7 +1,7 @@
 """Local RPC boards: a TVM tracker, a host RPC server and the emulated Arm board, started and stopped.
 
-Everything runs TVM's own programs (``python -m tvm.exec.rpc_tracker`` and
-``python -m tvm.exec.rpc_server``) bound to 127.0.0.1; nothing reimplements RPC. Each program runs
+Everything runs TVM's own tracker and RPC server (those of ``python -m tvm.exec.rpc_tracker`` and
+``rpc_server``, see tvm_rpc_main.py) bound to 127.0.0.1; nothing reimplements RPC. Each program runs
 in its own process group and is stopped by signalling the whole group (processes.py).
 
 Two ways to use it:

@@ -184,7 +184,7 @@ def _cmdline(proc_dir: str) -> str:
 
 def group_is_ours(pgid: int) -> bool:
     """True when group PGID still runs one of TVM's programs (guards against a reused PGID)."""
-    return any("tvm.exec." in cmd for _, cmd in group_members(pgid))
+    return any("tvm.exec." in cmd or "tvm_rpc_main.py" in cmd for _, cmd in group_members(pgid))
 
 
 def free_port(host: str = LOCALHOST) -> int:

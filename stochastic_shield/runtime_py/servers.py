@@ -1,7 +1,8 @@
 """Start TVM's own RPC programs on this machine: a tracker, a host server, the emulated Arm board's server.
 
-Each is ``python -m tvm.exec.rpc_tracker`` or ``python -m tvm.exec.rpc_server`` in its own process
-group (see processes.py), bound to exactly the port asked for, and returned only once it is usable.
+Each is TVM's own tracker or RPC server (what ``python -m tvm.exec.rpc_tracker`` / ``rpc_server`` run,
+started by tvm_rpc_main.py with one TVM import instead of two) in its own process group (see
+processes.py), bound to exactly the port asked for, and returned only once it is usable.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import ipaddress
 import os
 import socket
 import sys
+from pathlib import Path
 from typing import Callable
 
 from ..defaults import EMULATED_PORT, HOST_PORT, TRACKER_PORT  # noqa: F401 - re-exported
@@ -65,7 +67,7 @@ def check_bindable(host: str) -> None:
 
 def start_tracker(port: int = TRACKER_PORT, host: str = LOCALHOST, *, log_dir: str | os.PathLike | None = None,
                   name: str | None = None, timeout: float = TRACKER_TIMEOUT) -> BoardProcess:
-    """Start a TVM RPC tracker (``python -m tvm.exec.rpc_tracker``) and wait until it answers.
+    """Start a TVM RPC tracker (TVM's ``rpc_tracker`` program) and wait until it answers.
 
     Parameters
     ----------
@@ -86,8 +88,7 @@ def start_tracker(port: int = TRACKER_PORT, host: str = LOCALHOST, *, log_dir: s
         the last line of its log.
     """
     check_port_free(host, port)
-    cmd = [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", host,
-           "--port", str(port), "--port-end", str(port + 1)]
+    cmd = [sys.executable, *_rpc_main("tracker"), "--host", host, "--port", str(port), "--port-end", str(port + 1)]
     proc = spawn(name or f"tracker:{port}", "tracker", cmd, host, port, None, None, log_dir)
 
     def ready() -> bool:
@@ -125,7 +126,7 @@ def start_host_server(port: int = HOST_PORT, tracker: str | None = DEFAULT_TRACK
     ShieldError
         No tracker at TRACKER, the port is in use, the server died or did not become ready.
     """
-    cmd = [sys.executable, "-m", "tvm.exec.rpc_server"]
+    cmd = [sys.executable, *_rpc_main("server")]
     return _start_server(cmd, with_all_cores(child_env()), "server", name or f"server:{port}", host, port, tracker,
                          key, log_dir, timeout)
 
@@ -137,7 +138,7 @@ def start_emulated_board(port: int = EMULATED_PORT, tracker: str | None = DEFAUL
                          no_fork: bool = False, progress: Progress = print) -> BoardProcess:
     """Start a TVM RPC server on the emulated aarch64 board (built first if needed).
 
-    The server is TVM's own ``tvm.exec.rpc_server`` run by the board's aarch64 Python under qemu,
+    The server is TVM's own RPC server (tvm_rpc_main.py) run by the board's aarch64 Python under qemu,
     with the board's runtime-only TVM (``TVM_USE_RUNTIME_LIB=1``, set for this process only).
     Cross-compile for it with ``aarch64-linux-gnu-g++`` and a target such as
     ``{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]}``.
@@ -163,10 +164,18 @@ def start_emulated_board(port: int = EMULATED_PORT, tracker: str | None = DEFAUL
         As for :func:`start_host_server`, or the board cannot be built.
     """
     board = _emulated.build_emulated_board(board_dir, progress=progress)
-    cmd = _emulated.board_python_command(board) + ["-m", "tvm.exec.rpc_server"]
+    cmd = _emulated.board_python_command(board) + _rpc_main("server")
     extra = ["--no-fork"] if no_fork else []
     return _start_server(cmd, _emulated.board_env(with_all_cores(child_env())), "emulated",
                          name or f"emulated:{port}", host, port, tracker, key, log_dir, timeout, extra)
+
+
+def _rpc_main(program: str) -> list[str]:
+    """Python arguments that run TVM's PROGRAM ("tracker" or "server") with one TVM import, not two.
+
+    ``-P``: the script's folder (this package's) stays off sys.path, so nothing here shadows a module.
+    """
+    return ["-P", str(Path(__file__).with_name("tvm_rpc_main.py")), program]
 
 
 def _start_server(cmd: list[str], env: dict | None, kind: str, name: str, host: str, port: int,

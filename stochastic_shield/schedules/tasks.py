@@ -73,9 +73,9 @@ def tune_contexts(todo: list[Task], log_dir: Path, *, population: int, seed: int
     from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
     from tvm.s_tir.meta_schedule.utils import fork_seed
 
-    from ..compile.kernels.intrinsics import import_all_intrinsics  # here: the package imports TVM
+    from ..compile.kernels.intrinsics import cpu_intrinsics_as_the_package  # here: the package imports TVM
 
-    import_all_intrinsics()  # before TuneContext does it the slow way
+    cpu_intrinsics_as_the_package()  # before TuneContext imports every backend's intrinsics
     _quiet_metaschedule()
     loggers = get_loggers_from_work_dir(str(log_dir), [t.name for t in todo])
     _console_to_stderr()

@@ -11,6 +11,8 @@ Two causes, two fixes here:
 - The packed CPU kernels need only the Arm and x86 intrinsics: ``import_cpu_intrinsics`` imports
   those two modules without running the package's ``__init__`` (it stands in for the package
   while they import, then steps aside, so a later full import still registers the rest).
+  ``cpu_intrinsics_as_the_package`` leaves a stand-in in place, for `shield tune`: MetaSchedule's
+  TuneContext imports the whole package, and a CPU schedule can use only these two.
 
 Every process that builds or schedules packed kernels pays this: compile, and each of
 MetaSchedule's builder workers, which LocalBuilder starts afresh every round.
@@ -40,11 +42,7 @@ def import_cpu_intrinsics() -> None:
             return
         import tvm.s_tir  # noqa: F401 - the parent, as usual
 
-        spec = importlib.util.find_spec(PACKAGE)
-        stand_in = types.ModuleType(PACKAGE)
-        stand_in.__spec__, stand_in.__path__ = spec, list(spec.submodule_search_locations)
-        stand_in.__package__ = PACKAGE
-        sys.modules[PACKAGE] = stand_in
+        stand_in = sys.modules[PACKAGE] = _stand_in()
         try:
             for m in CPU_MODULES:
                 importlib.import_module(f"{PACKAGE}.{m}")
@@ -55,12 +53,33 @@ def import_cpu_intrinsics() -> None:
                 delattr(sys.modules["tvm.s_tir"], "tensor_intrin")
 
 
-def import_all_intrinsics() -> None:
-    """Import the whole package, as every MetaSchedule TuneContext does, the cheap way (30-75 s -> ~5 s)."""
+def cpu_intrinsics_as_the_package() -> None:
+    """Make ``import tvm.s_tir.tensor_intrin`` (which every MetaSchedule TuneContext runs) cost nothing.
+
+    Registers the Arm and x86 intrinsics, the only ones a CPU schedule can tensorize with, and leaves a
+    stand-in for the package in sys.modules, so the import finds it instead of parsing the CUDA, ROCm,
+    Hexagon and RISC-V intrinsics (~3 s here even with the cheap stack). A later import of one of those
+    submodules still works: the stand-in has the package's path.
+    """
     if PACKAGE in sys.modules:
         return
-    with _cheap_stack():
-        importlib.import_module(PACKAGE)
+    import_cpu_intrinsics()
+    import tvm.s_tir
+
+    stand_in = _stand_in()
+    for m in CPU_MODULES:
+        setattr(stand_in, m, sys.modules[f"{PACKAGE}.{m}"])
+    sys.modules[PACKAGE] = stand_in
+    tvm.s_tir.tensor_intrin = stand_in
+
+
+def _stand_in() -> types.ModuleType:
+    """An empty module with the package's name, spec and path (its submodules import as usual)."""
+    spec = importlib.util.find_spec(PACKAGE)
+    stand_in = types.ModuleType(PACKAGE)
+    stand_in.__spec__, stand_in.__path__ = spec, list(spec.submodule_search_locations)
+    stand_in.__package__ = PACKAGE
+    return stand_in
 
 
 @contextlib.contextmanager
