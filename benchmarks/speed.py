@@ -1,7 +1,7 @@
 """Benchmark: ours int8 against the runtimes a Raspberry Pi user would pick instead, called from Python, one run.
 
     bash scripts/setup.sh --edge        # once: LiteRT, ExecuTorch, ONNX Runtime in .edge/ venvs
-    python benchmarks/speed.py [--models a,b] [--threads 1,2] [--rounds 7] [--min-round-s 0.3] [--fresh]
+    python benchmarks/speed.py [--models a,b] [--threads 1,2] [--rounds 7] [--min-round-s 0.3] [--gap-s 0.3] [--fresh]
 
 For each model of benchmarks/speed_models.py (the shipped one, the zoo at its input sizes, MobileNetV2-1.0 and
 ResNet-18 at 224), from the same fp32 weights and the same 32 calibration images:
@@ -10,8 +10,10 @@ ResNet-18 at 224), from the same fp32 weights and the same 32 calibration images
   ExecuTorch   1.5.1, XNNPACK partition, int8 .pte by the XNNPACK PT2E quantizer   method.execute
   ONNX Runtime int8 QDQ by its static quantizer (benchmarks/peers.py)              session.run
 Batch 1, at each thread count; one worker process per (install, thread count) (benchmarks/edge.py) keeps its
-engines loaded, and each round times every engine at every thread count in turn (order rotated per round), so a
-burst of load hits all alike. Beside the Python time: each runtime's own time where it reports one; top-1
+engines loaded, and each round times every engine at every thread count in turn, so a burst of load hits all
+alike: the order is shuffled per round (seeded by the round's number), so no engine always follows the same one,
+and the machine idles --gap-s before each engine (a thread pool that spins after its calls, ORT's or TVM's, has
+gone quiet by then, as it would for a user who runs one engine). Beside the Python time: each runtime's own time where it reports one; top-1
 agreement and SQNR against PyTorch fp32 on 64 test images; GMAC/s and the share of this CPU's measured int8 peak
 (benchmarks/int8_peak.py). On the shipped model and MobileNetV2-1.0 also the shield (the model's own dropout,
 T=1 and T=32) against one plain pass. A conversion or load that fails is a row with its error.
@@ -24,6 +26,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -181,8 +184,10 @@ def measure_model(name: str, args) -> dict:
         from tqdm import tqdm
 
         for rnd in tqdm(range(args.rounds), desc=f"{name} rounds", unit="round", file=sys.stderr):
-            order = live[rnd % len(live):] + live[:rnd % len(live)] if live else []
+            order = list(live)
+            random.Random(rnd).shuffle(order)
             for key, t in order:
+                time.sleep(args.gap_s)
                 a = workers[(engines[key][1], t)].ask(op="time", key=key, min_s=args.min_round_s,
                                                      images=str(folder / "eval.npy"))
                 if "error" in a:
@@ -256,7 +261,9 @@ def run(args) -> dict:
     res["runs"] = res.get("runs", []) + [{"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                                           "machine": machine, "commit": _git_head()}]
     res["versions"] = dict(versions(), edge=edge_versions())
-    res["settings"] = {"rounds": args.rounds, "min_round_s": args.min_round_s, "threads": args.threads,
+    res["settings"] = {"rounds": args.rounds, "min_round_s": args.min_round_s, "gap_s": args.gap_s,
+                       "schedule": "engines shuffled per round (seed: the round's number), idle gap_s before each",
+                       "threads": args.threads,
                        "calib_images": speed_models.CALIB, "order": list(speed_models.MODELS), "eval_images": speed_models.EVAL, "shield": SHIELD}
     if args.fresh or args.peak or not res.get("peak"):
         res["peak"] = measure(args.threads)
@@ -281,6 +288,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", default="1,2")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--min-round-s", type=float, default=0.3, help="seconds of calls per engine per round")
+    p.add_argument("--gap-s", type=float, default=0.3, help="idle seconds before each engine's turn in a round")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "results" / "work" / "speed")
     p.add_argument("--fresh", action="store_true", help="drop the results already in --out")

@@ -79,8 +79,9 @@ def _note(res: dict) -> str:
     commits = ", ".join(sorted({m.get("commit", run["commit"]) for m in _models(res)}))
     peak_txt = (f"int8 peak {core:g} GMAC/s per core ({peak['instruction']} measured on one core by "
                 f"benchmarks/int8_peak.py; N threads: N times that)" if core else "int8 peak n/a")
+    gap = (f", in shuffled order, the machine idle {s['gap_s']:g} s before each" if "gap_s" in s else "")
     return (f"_{mach['cpu']}, {mach['usable_cores']} cores, batch 1; median of {s['rounds']} interleaved rounds of "
-            f"{s['min_round_s']:g} s per engine and thread count; 1-min load average {min(loads):.1f}-{max(loads):.1f} "
+            f"{s['min_round_s']:g} s per engine and thread count{gap}; 1-min load average {min(loads):.1f}-{max(loads):.1f} "
             f"during the rounds; {peak_txt}; TVM {v.get('apache-tvm')}, LiteRT {e.get('ai-edge-litert')}, ExecuTorch "
             f"{e.get('executorch')}, ONNX Runtime {e.get('onnxruntime')}; commit {commits}, "
             f"{run['started'][:16].replace('T', ' ')} UTC._")
