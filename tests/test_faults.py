@@ -35,7 +35,7 @@ ROOT = Path(stochastic_shield.__file__).resolve().parents[1]  # the subprocesses
 FASHION = Path(__file__).parent / "fixtures" / "fashion-mnist"
 DENSE = "fused_matmul1_add3"   # the host fp32 model's last dense layer: the fastest task to build and measure
 KEY = "faults"
-BUDGET, ROUND = 4, 2           # two rounds of two candidates: the fault comes after the first
+BUDGET, ROUND = 8, 2           # rounds of two candidates: each of three faults comes after a round, one is left
 WAIT = 420.0                   # seconds any one step may take on a busy 2-core machine
 FAILED = 2                     # the exit code of a ShieldError (here: "tuning stopped")
 
@@ -149,85 +149,85 @@ def _check_resumed(db: Path, kept: list[bytes], kept_workloads: list[bytes], rer
 
 
 # ---------------------------------------------------------------- the kill tests
-def test_board_killed_mid_run_then_rerun_with_the_board_back(tmp_path):
+def test_board_then_tune_then_tracker_killed_mid_run_and_each_time_the_same_command_resumes(tmp_path):
+    """Three faults in turn on one database, each in the middle of a round, each followed by the same command again.
+
+    1. kill -9 of the only board: the run stops at once (no --queue-timeout wait), naming the key;
+    2. kill -9 of `shield tune` itself (its builder and runner workers with it): the next run drops or ends a torn
+       last line and says so once per file;
+    3. kill -9 of the tracker: the run stops, naming it; tracker and board come back as after a reboot.
+    Then the same command finishes the budget. After each fault every line already on disk is still there, byte
+    for byte; at the end no line is written twice and only the rest of the budget was measured. (One database
+    through all three: a rerun resumes what earlier faults left, and the runs' start-up is paid four times, not six.)
+    """
     db = tmp_path / "db"
+    records = lambda: _on_disk(db / D.RECORDS)[0]  # noqa: E731
     with B.local_boards(host_key=KEY, log_dir=tmp_path / "boards") as boards:
+        tracker = next(p for p in boards.processes if p.kind == "tracker")
         board = next(p for p in boards.processes if p.kind == "server")
-        with Shield(_tune(db, boards.tracker), tmp_path, "first") as first:
-            _wait(lambda: _records(db) >= ROUND, WAIT, "the first round's records", first)
-            assert first.running()
+
+        # 1. the board dies
+        with Shield(_tune(db, boards.tracker), tmp_path, "board_killed") as run:
+            _wait(lambda: _records(db) >= ROUND, WAIT, "the first round's records", run)
+            assert run.running()
             _kill_group(board)
-            at_kill = _on_disk(db / D.RECORDS)[0]
-            assert first.wait() == FAILED
-        res = first.json()
+            at_kill = records()
+            assert run.wait() == FAILED
+        res = run.json()
         assert res["status"] == "stopped" and f"no board left under key {KEY!r}" in res["reason"]
         assert ROUND <= res["trials_after"] < BUDGET and res["failed"] >= 1
         assert res["boards"][board.address]["measured"] == res["trials_after"]  # every kept trial counted to it
         errors = [e for b in res["boards"].values() for e in b["errors"]]  # failed at once, not after --queue-timeout
         assert errors and all(f"no board registered under key {KEY!r}" in e for e in errors), errors
-        kept, kept_workloads = _on_disk(db / D.RECORDS)[0], _on_disk(db / D.WORKLOADS)[0]
+        kept = records()
         assert kept[: len(at_kill)] == at_kill
 
-        boards.processes.append(B.start_host_server(B.free_port(), boards.tracker, KEY, log_dir=boards.log_dir))
-        with Shield(_tune(db, boards.tracker), tmp_path, "rerun") as rerun:
-            assert rerun.wait() == 0, rerun.stderr()[-2000:]
-    _check_resumed(db, kept, kept_workloads, rerun.json())
-
-
-def test_tracker_killed_mid_run_then_rerun_with_tracker_and_board_restarted(tmp_path):
-    db = tmp_path / "db"
-    with B.local_boards(host_key=KEY, log_dir=tmp_path / "boards") as boards:
-        tracker = next(p for p in boards.processes if p.kind == "tracker")
-        board = next(p for p in boards.processes if p.kind == "server")
-        with Shield(_tune(db, boards.tracker), tmp_path, "first") as first:
-            _wait(lambda: _records(db) >= ROUND, WAIT, "the first round's records", first)
-            assert first.running()
-            _kill_group(tracker)
-            at_kill = _on_disk(db / D.RECORDS)[0]
-            assert first.wait() == FAILED
-        res = first.json()
-        assert res["status"] == "stopped" and f"tracker {boards.tracker} lost" in res["reason"]
-        assert ROUND <= res["trials_after"] < BUDGET
-        kept, kept_workloads = _on_disk(db / D.RECORDS)[0], _on_disk(db / D.WORKLOADS)[0]
-        assert kept[: len(at_kill)] == at_kill
-
-        B.stop(board)  # it lost its tracker; bring both back as after a reboot, the tracker on its old port
-        boards.processes.append(B.start_tracker(tracker.port, log_dir=boards.log_dir))
-        boards.processes.append(B.start_host_server(B.free_port(), boards.tracker, KEY, log_dir=boards.log_dir))
-        with Shield(_tune(db, boards.tracker), tmp_path, "rerun") as rerun:
-            assert rerun.wait() == 0, rerun.stderr()[-2000:]
-    _check_resumed(db, kept, kept_workloads, rerun.json())
-
-
-def test_tune_killed_mid_run_then_rerun_drops_only_a_torn_last_line(tmp_path):
-    db = tmp_path / "db"
-    with B.local_boards(host_key=KEY, log_dir=tmp_path / "boards") as boards:
-        with Shield(_tune(db, boards.tracker), tmp_path, "first") as first:
-            _wait(lambda: _records(db) >= ROUND, WAIT, "the first round's records", first)
-            assert first.running()
-            assert first.kill() > 1  # MetaSchedule's builder/runner workers were in the group: none survived
-
-        kept, tail = _on_disk(db / D.RECORDS)
-        kept_workloads, wtail = _on_disk(db / D.WORKLOADS)
-        assert len(kept) >= ROUND
+        # 2. shield tune dies (the board is back)
+        board = B.start_host_server(B.free_port(), boards.tracker, KEY, log_dir=boards.log_dir)
+        boards.processes.append(board)
+        with Shield(_tune(db, boards.tracker), tmp_path, "tune_killed") as run:
+            _wait(lambda: _records(db) >= len(kept) + ROUND, WAIT, "a round's records after the board came back", run)
+            assert run.running()
+            assert run.kill() > 1  # MetaSchedule's builder/runner workers were in the group: none survived
+        lines, tail = _on_disk(db / D.RECORDS)
+        workloads, wtail = _on_disk(db / D.WORKLOADS)
+        assert lines[: len(kept)] == kept and len(lines) >= len(kept) + ROUND
         torn = {D.RECORDS: tail, D.WORKLOADS: wtail}
         if not tail:  # the kill fell between two appends (the usual case): tear the next one as if it fell inside
             with open(db / D.RECORDS, "ab") as f:
-                f.write(kept[-1][: len(kept[-1]) // 2])
-            torn[D.RECORDS] = kept[-1][: len(kept[-1]) // 2]
-        for name, lines in ((D.RECORDS, kept), (D.WORKLOADS, kept_workloads)):
+                f.write(lines[-1][: len(lines[-1]) // 2])
+            torn[D.RECORDS] = lines[-1][: len(lines[-1]) // 2]
+        for name, whole in ((D.RECORDS, lines), (D.WORKLOADS, workloads)):
             if torn[name].strip() and _parses(torn[name]):
-                lines.append(torn[name])  # whole, only its newline missing: kept
+                whole.append(torn[name])  # whole, only its newline missing: kept
+        kept = lines
 
-        with Shield(_tune(db, boards.tracker), tmp_path, "rerun") as rerun:
-            assert rerun.wait() == 0, rerun.stderr()[-2000:]
-    res = rerun.json()
-    said = [line for line in rerun.stderr().splitlines() if line.startswith("tune: ")]
-    expected = {name for name, t in torn.items() if t}
-    assert len(said) == len(res["repaired"]) == len(expected)  # one line per torn file, said once
-    assert {n for n in (D.RECORDS, D.WORKLOADS) if any(n in line for line in said)} == expected
-    assert all("dropped its last line" in line or "lost its newline" in line for line in said)
-    _check_resumed(db, kept, kept_workloads, res)
+        # 3. the tracker dies (this run first mends the torn tail)
+        with Shield(_tune(db, boards.tracker), tmp_path, "tracker_killed") as run:
+            _wait(lambda: _records(db) >= len(kept) + ROUND, WAIT, "a round's records after the repair", run)
+            assert run.running()
+            _kill_group(tracker)
+            at_kill = records()
+            assert run.wait() == FAILED
+        res = run.json()
+        said = [line for line in run.stderr().splitlines() if line.startswith("tune: ")]
+        expected = {name for name, t in torn.items() if t}
+        assert len(said) == len(res["repaired"]) == len(expected)  # one line per torn file, said once
+        assert {n for n in (D.RECORDS, D.WORKLOADS) if any(n in line for line in said)} == expected
+        assert all("dropped its last line" in line or "lost its newline" in line for line in said)
+        assert res["status"] == "stopped" and f"tracker {boards.tracker} lost" in res["reason"]
+        assert res["trials_after"] < BUDGET
+        assert at_kill[: len(kept)] == kept
+        kept, kept_workloads = records(), _on_disk(db / D.WORKLOADS)[0]
+        assert kept[: len(at_kill)] == at_kill
+
+        # 4. both back as after a reboot, the tracker on its old port: the same command finishes the budget
+        B.stop(board)
+        boards.processes.append(B.start_tracker(tracker.port, log_dir=boards.log_dir))
+        boards.processes.append(B.start_host_server(B.free_port(), boards.tracker, KEY, log_dir=boards.log_dir))
+        with Shield(_tune(db, boards.tracker), tmp_path, "rerun") as run:
+            assert run.wait() == 0, run.stderr()[-2000:]
+    _check_resumed(db, kept, kept_workloads, run.json())
 
 
 def _parses(data: bytes) -> bool:
