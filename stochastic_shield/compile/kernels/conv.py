@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import s_tir, te, tirx
 
-from .epilogue import BLOCK, Epilogue, blocks, requant_expr, requant_placeholders
+from .epilogue import BLOCK, Epilogue, blocks, divisor_at_most, requant_expr, requant_placeholders
 from .isa import Isa
 
 ROWS_MAX_CIN = 8  # "rows" for fewer input channels than this when the input is not packed already
@@ -172,10 +172,6 @@ def conv_func(spec: ConvSpec, ep: Epilogue, isa: Isa):
     return te.create_prim_func([x, w, *q, out])
 
 
-def _divisor_at_most(n: int, cap: int) -> int:
-    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
-
-
 def _register_tile(ow: int, cblocks: int, isa: Isa) -> tuple[int, int]:
     """(output columns, channel blocks) of one register tile of accumulators.
 
@@ -184,10 +180,10 @@ def _register_tile(ow: int, cblocks: int, isa: Isa) -> tuple[int, int]:
     broadcast input then feeds two vpdpbusd, so the loads per product fall from 15/14 to 9/14 (alone, 1
     thread: 3x3 256->256 at 14x14 378 -> 340 us, 128->128 at 28x28 387 -> 355 us, 1x1 64->64 at 56x56 80 -> 76 us).
     """
-    reg = _divisor_at_most(ow, isa.ow_block)
-    ct = _divisor_at_most(cblocks, max(1, isa.ow_block // (reg * (BLOCK // isa.lanes))))
+    reg = divisor_at_most(ow, isa.ow_block)
+    ct = divisor_at_most(cblocks, max(1, isa.ow_block // (reg * (BLOCK // isa.lanes))))
     if isa.lanes == BLOCK and ct == 1 and cblocks % 2 == 0:
-        reg2 = _divisor_at_most(ow, isa.ow_block // 2)
+        reg2 = divisor_at_most(ow, isa.ow_block // 2)
         if 2 * reg2 >= reg:
             return reg2, 2
     return reg, ct

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import s_tir, te
 
-from .epilogue import BLOCK, Epilogue, blocks, requant_expr, requant_placeholders
+from .epilogue import BLOCK, Epilogue, blocks, divisor_at_most, requant_expr, requant_placeholders
 from .isa import Isa
 
 ROW_BLOCK_MAX = 8  # rows per register tile (8 x 2 blocks at 32 rows: dense1 33 -> 25 us on AVX-512)
@@ -45,10 +45,6 @@ def dense_func(n: int, kp: int, o: int, ep: Epilogue, isa: Isa):
     return te.create_prim_func([x, w, *q, out])
 
 
-def _divisor_at_most(n: int, cap: int) -> int:
-    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
-
-
 def blocking(n: int, ob: int, isa: Isa) -> tuple[int, int]:
     """(rows, output blocks) per register tile, within the ISA's accumulator registers.
 
@@ -56,9 +52,9 @@ def blocking(n: int, ob: int, isa: Isa) -> tuple[int, int]:
     blocks for a single row; narrower registers take fewer rows.
     """
     per_block = BLOCK // isa.lanes  # vector registers per 16 outputs
-    n_blk = _divisor_at_most(n, min(ROW_BLOCK_MAX, isa.acc_regs // per_block))
+    n_blk = divisor_at_most(n, min(ROW_BLOCK_MAX, isa.acc_regs // per_block))
     o_cap = max(1, isa.acc_regs // (n_blk * per_block))
-    return n_blk, _divisor_at_most(ob, min(4, o_cap))
+    return n_blk, divisor_at_most(ob, min(4, o_cap))
 
 
 def schedule_dense(func, isa: Isa, parallel: bool) -> s_tir.Schedule:

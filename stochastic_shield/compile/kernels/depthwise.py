@@ -22,8 +22,8 @@ from tvm import s_tir, te, tirx
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
-from .conv import ConvSpec, _divisor_at_most, _loops_by_axis, _maybe_block
-from .epilogue import BLOCK, Epilogue, blocks, requant_expr, requant_placeholders
+from .conv import ConvSpec, _loops_by_axis, _maybe_block
+from .epilogue import BLOCK, Epilogue, blocks, divisor_at_most, requant_expr, requant_placeholders
 from .isa import Isa
 
 OW_BLOCK = 8  # output columns per register tile (8 x 16 int32 accumulators: 8 zmm on AVX-512, 32 q-regs on NEON)
@@ -97,7 +97,7 @@ def schedule_depthwise(func, isa: Isa, parallel: bool) -> s_tir.Schedule:
     nc = sch.fuse(n, c)
     if parallel:
         sch.parallel(nc)
-    vo, vi = sch.split(v, [None, _divisor_at_most(int(sch.get(v).extent), OW_BLOCK)])
+    vo, vi = sch.split(v, [None, divisor_at_most(int(sch.get(v).extent), OW_BLOCK)])
     conv = sch.get_sblock("conv")
     sch.compute_at(conv, vo)  # int32 sums kept apart: inlined, LLVM widens the whole sum to int64
     sch.set_scope(conv, 0, "local")
@@ -171,7 +171,7 @@ def schedule_depthwise_vnni(func, isa: Isa, parallel: bool) -> s_tir.Schedule:
     nc = sch.fuse(n, c)
     if parallel:
         sch.parallel(nc)
-    vo, vi = sch.split(v, [None, _divisor_at_most(int(sch.get(v).extent), OW_BLOCK)])
+    vo, vi = sch.split(v, [None, divisor_at_most(int(sch.get(v).extent), OW_BLOCK)])
     sch.compute_at(conv, vo)
     sch.compute_at(pad, nc)  # before tensorize hides the conv's reads of it
     sch.vectorize(sch.get_loops(pad)[-1])

@@ -54,6 +54,11 @@ def blocks(c: int, block: int = BLOCK) -> int:
     return -(-int(c) // block)
 
 
+def divisor_at_most(n: int, cap: int) -> int:
+    """The largest divisor of N that is at most CAP (at least 1): a tile size that splits N evenly."""
+    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
+
+
 def compensated_bias(ep: Epilogue, w_sum: np.ndarray, shift: int) -> np.ndarray | None:
     """bias - shift * sum(w) per output channel as int32, or None when it would not fit int32."""
     b = ep.bias.astype(np.int64) - np.int64(shift) * w_sum.astype(np.int64)
