@@ -94,11 +94,13 @@ def _vnni512_impl(
     with T.sblock("root"):
         T.reads(C[0:16], A[0:4], B[0:16, 0:4])
         T.writes(C[0:16])
-        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-        a_u8 = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
+        # one expression, no names: a value bound to a name becomes a buffer, and in a kernel with a parallel loop
+        # around the tensorized block each iteration took two from TVM's workspace pool (and freed them)
         C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
             T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-            C.vload([0], dtype="int32x16"), a_u8, B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+            C.vload([0], dtype="int32x16"),
+            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16), dtype="uint8x64"),
+            B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
 
 
 @T.prim_func(s_tir=True)
@@ -126,12 +128,12 @@ def _vnni256_impl(
     with T.sblock("root"):
         T.reads(C[0:8], A[0:4], B[0:8, 0:4])
         T.writes(C[0:8])
-        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-        a_u8 = T.reinterpret(T.broadcast(a_i32, 8), dtype="uint8x32")
-        # LLVM selects the VEX (AVX-VNNI) encoding of this intrinsic when AVX-512 is absent
+        # LLVM selects the VEX (AVX-VNNI) encoding of this intrinsic when AVX-512 is absent; one expression, as above
         C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
             T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
-            C.vload([0], dtype="int32x8"), a_u8, B.vload([0, 0], dtype="int8x32"), dtype="int32x8")
+            C.vload([0], dtype="int32x8"),
+            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8), dtype="uint8x32"),
+            B.vload([0, 0], dtype="int8x32"), dtype="int32x8")
 
 
 def register() -> None:
