@@ -25,8 +25,9 @@ from tvm.target.codegen import llvm_version_major
 
 from .intrinsics import PACKAGE, import_cpu_intrinsics
 
-import_cpu_intrinsics()  # registers the Arm dot-product intrinsics (and x86's, which we fix below)
+import_cpu_intrinsics()  # registers the Arm dot-product intrinsics and x86's (both replaced below)
 _x86 = sys.modules[f"{PACKAGE}.x86"]
+_arm = sys.modules[f"{PACKAGE}.arm_cpu"]
 
 VNNI_512 = "dot_16x4_vnni"
 VNNI_256 = "shield_dot_8x4_avxvnni"
@@ -136,11 +137,62 @@ def _vnni256_impl(
             B.vload([0, 0], dtype="int8x32"), dtype="int32x8")
 
 
+@T.prim_func(s_tir=True)
+def _sdot_impl(
+    A: T.Buffer((4,), "int8", offset_factor=1),
+    B: T.Buffer((4, 4), "int8", offset_factor=1),
+    C: T.Buffer((4,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+        T.writes(C[0:4])
+        C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+            C.vload([0], dtype="int32x4"),
+            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 4), dtype="int8x16"),
+            B.vload([0, 0], dtype="int8x16"), dtype="int32x4")
+
+
+@T.prim_func(s_tir=True)
+def _neon_impl(
+    A: T.Buffer((4,), "int8", offset_factor=1),
+    B: T.Buffer((4, 4), "int8", offset_factor=1),
+    C: T.Buffer((4,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+        T.writes(C[0:4])
+        # TVM's smull / saddlp / addp sequence, its eight named values written as one expression
+        C[T.ramp(T.int32(0), 1, 4)] += T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"),
+            T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
+                T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
+                    T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 2),
+                                  dtype="int8x8"),
+                    T.vectorlow(B.vload([0, 0], dtype="int8x16"), dtype="int8x8"), dtype="int16x8"),
+                dtype="int32x4"),
+            T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
+                T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
+                    T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 2),
+                                  dtype="int8x8"),
+                    T.vectorhigh(B.vload([0, 0], dtype="int8x16"), dtype="int8x8"), dtype="int16x8"),
+                dtype="int32x4"),
+            dtype="int32x4")
+
+
 def register() -> None:
-    """Register the fixed dot_16x4_vnni (LLVM >= 21) and the 8-lane AVX-VNNI intrinsic; idempotent."""
+    """Register the fixed dot_16x4_vnni (LLVM >= 21), the 8-lane AVX-VNNI intrinsic, and TVM's Arm sdot and NEON
+    intrinsics written as single expressions (see _vnni512_impl); idempotent."""
     if llvm_version_major() >= 21:
         TensorIntrin.register(VNNI_512, _x86.dot_product_16x4_u8i8i32_desc, _vnni512_impl, override=True)
     TensorIntrin.register(VNNI_256, _vnni256_desc, _vnni256_impl, override=True)
+    TensorIntrin.register(_arm.ARM_DOT_4x4_i8_SDOT_INTRIN, _arm.get_dotprod_intrin("int8", "int32")[0], _sdot_impl,
+                          override=True)
+    TensorIntrin.register(_arm.ARM_DOT_4x4_i8_NEON_INTRIN, _arm.neon_4x4_i8i8i32_desc, _neon_impl, override=True)
 
 
 register()
