@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass
 
 import tvm
+from tvm import tirx
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 from tvm.target.codegen import llvm_version_major
@@ -87,24 +88,6 @@ def select_isa(target) -> tuple[Isa | None, str]:
 
 
 @T.prim_func(s_tir=True)
-def _vnni512_impl(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        # one expression, no names: a value bound to a name becomes a buffer, and in a kernel with a parallel loop
-        # around the tensorized block each iteration took two from TVM's workspace pool (and freed them)
-        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-            C.vload([0], dtype="int32x16"),
-            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16), dtype="uint8x64"),
-            B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
-
-
-@T.prim_func(s_tir=True)
 def _vnni256_desc(
     A: T.Buffer((4,), "uint8", offset_factor=1),
     B: T.Buffer((8, 4), "int8", offset_factor=1),
@@ -120,37 +103,37 @@ def _vnni256_desc(
                     C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
 
-@T.prim_func(s_tir=True)
-def _vnni256_impl(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((8, 4), "int8", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        # LLVM selects the VEX (AVX-VNNI) encoding of this intrinsic when AVX-512 is absent; one expression, as above
-        C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
-            C.vload([0], dtype="int32x8"),
-            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8), dtype="uint8x32"),
-            B.vload([0, 0], dtype="int8x32"), dtype="int32x8")
+def _dot_impl(lanes: int, a_dtype: str, intrin: str) -> tirx.PrimFunc:
+    """One dot-product instruction (LANES int32 accumulators, 4 products each) as one expression.
+
+    No value is bound to a name: TVMScript makes a named value a buffer, and in a kernel with a parallel loop
+    around the tensorized block every iteration took such buffers from TVM's workspace pool and freed them
+    (TVM's own x86 and Arm intrinsics do: 2 and up to 12 per iteration).
+    """
+    a4, a_all, b_all, c_all = f"{a_dtype}x4", f"{a_dtype}x{4 * lanes}", f"int8x{4 * lanes}", f"int32x{lanes}"
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), a_dtype, offset_factor=1),
+        B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(intrin),
+                C.vload([0], dtype=c_all),
+                T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], a4), dtype="int32"), lanes), dtype=a_all),
+                B.vload([0, 0], dtype=b_all), dtype=c_all)
+
+    return impl
 
 
-@T.prim_func(s_tir=True)
-def _sdot_impl(
-    A: T.Buffer((4,), "int8", offset_factor=1),
-    B: T.Buffer((4, 4), "int8", offset_factor=1),
-    C: T.Buffer((4,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
-        T.writes(C[0:4])
-        C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
-            C.vload([0], dtype="int32x4"),
-            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 4), dtype="int8x16"),
-            B.vload([0, 0], dtype="int8x16"), dtype="int32x4")
+# LLVM selects the VEX (AVX-VNNI) encoding of the 256-bit one when AVX-512 is absent
+_vnni512_impl = _dot_impl(16, "uint8", "llvm.x86.avx512.vpdpbusd.512")
+_vnni256_impl = _dot_impl(8, "uint8", "llvm.x86.avx512.vpdpbusd.256")
+_sdot_impl = _dot_impl(4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8")
 
 
 @T.prim_func(s_tir=True)
@@ -186,7 +169,7 @@ def _neon_impl(
 
 def register() -> None:
     """Register the fixed dot_16x4_vnni (LLVM >= 21), the 8-lane AVX-VNNI intrinsic, and TVM's Arm sdot and NEON
-    intrinsics written as single expressions (see _vnni512_impl); idempotent."""
+    intrinsics written as single expressions (see _dot_impl); idempotent."""
     if llvm_version_major() >= 21:
         TensorIntrin.register(VNNI_512, _x86.dot_product_16x4_u8i8i32_desc, _vnni512_impl, override=True)
     TensorIntrin.register(VNNI_256, _vnni256_desc, _vnni256_impl, override=True)
