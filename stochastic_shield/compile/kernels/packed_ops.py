@@ -198,19 +198,43 @@ def packed_mul(x: te.Tensor, y: te.Tensor, a: MulAnchor, isa: Isa) -> te.Tensor:
 
 
 def packed_add(x: te.Tensor, y: te.Tensor, a: AddAnchor, isa: Isa) -> te.Tensor:
-    """The add of two packed values of one shape: the emitter's int64 arithmetic on code + shift, bit for bit."""
+    """The add of two packed values of one shape: the emitter's int64 arithmetic on code + shift, bit for bit.
+
+    In int32 when A's constants allow (``int32_add_fits``): each multiplier split as m = mh * 2^16 + ml, the sum
+    S = H * 2^16 + L with H = dx * mh + dy * mh' and L = dx * ml + dy * ml' + rnd both int32 (|d| <= 255), and
+    S >> n = (H + (L >> 16)) >> (n - 16) exactly (floor divisions nest): 16 lanes a vector instead of 8 and no
+    64-bit multiply (ResNet-8's three adds alone, one thread: 5.1 -> 4.0 us).
+    """
     s = isa.shift
 
     def term(v, z, m):
         return (v.astype("int64") - tirx.const(z + s, "int64")) * tirx.const(m, "int64")
 
-    def value(*i):
+    def parts(v, z, m):
+        d = v.astype("int32") - tirx.const(z + s, "int32")
+        return d * tirx.const(m >> 16, "int32"), d * tirx.const(m & 0xFFFF, "int32")
+
+    def value64(*i):
         t = term(x[i], a.zx, a.mx) + term(y[i], a.zy, a.my) + tirx.const(a.rnd, "int64")
         t = tirx.shift_right(t, tirx.const(a.n, "int64"))
         t = tirx.Min(tirx.Max(t, tirx.const(a.lo - a.zq, "int64")), tirx.const(a.hi - a.zq, "int64"))
         return (t.astype("int32") + tirx.const(a.zq + s, "int32")).astype(isa.act_dtype)
 
-    return te.compute(x.shape, value, name="packed_add")
+    def value32(*i):
+        (hx, lx), (hy, ly) = parts(x[i], a.zx, a.mx), parts(y[i], a.zy, a.my)
+        low = tirx.shift_right(lx + ly + tirx.const(a.rnd, "int32"), tirx.const(16, "int32"))
+        t = tirx.shift_right(hx + hy + low, tirx.const(a.n - 16, "int32"))
+        t = tirx.Min(tirx.Max(t, tirx.const(a.lo - a.zq, "int32")), tirx.const(a.hi - a.zq, "int32"))
+        return (t + tirx.const(a.zq + s, "int32")).astype(isa.act_dtype)
+
+    return te.compute(x.shape, value32 if int32_add_fits(a) else value64, name="packed_add")
+
+
+def int32_add_fits(a: AddAnchor) -> bool:
+    """packed_add's int32 form is exact for A: |code - zero point| <= 255, so with |m| < 2^31 each H term is below
+    255 * 2^15 and each L term below 255 * 2^16; L also holds rnd (|rnd| <= 2^30 keeps it below 2^31); n >= 16."""
+    return (16 <= a.n <= 62 and all(-2**31 <= m < 2**31 for m in (a.mx, a.my)) and abs(a.rnd) <= 2**30
+            and all(-128 <= z <= 127 for z in (a.zx, a.zy)))
 
 
 def max_pool(x: te.Tensor, out_hw: tuple, pool: tuple, strides: tuple, padding: tuple, isa: Isa) -> te.Tensor:
