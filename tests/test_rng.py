@@ -101,18 +101,17 @@ def test_run_echoes_a_given_seed_and_shows_drawn_ones_only_when_asked(stochastic
     env = {"SHIELD_FASHION_MNIST": str(fashion_root)}
     run = ["run", stochastic_artifact, "--count", "4", "--T", "8", "--json"]
     quiet = json.loads(shield(*run, env=env, check=True).stdout)
-    again = json.loads(shield(*run, env=env, check=True).stdout)
     assert quiet["seed"] is None and "drawn_seeds" not in quiet
-    assert [r["probability"] for r in quiet["predictions"]] != [r["probability"] for r in again["predictions"]]
     shown = json.loads(shield(*run, "--show-seed", env=env, check=True).stdout)
     (drawn,) = shown["drawn_seeds"]  # four images: one compiled call
+    # two runs without --seed drew different seeds (showing one does not change how it is drawn)
+    assert [r["probability"] for r in quiet["predictions"]] != [r["probability"] for r in shown["predictions"]]
     replay = json.loads(shield(*run, "--seed", drawn, env=env, check=True).stdout)
     assert replay["seed"] == drawn and "drawn_seeds" not in replay
     assert replay["predictions"] == shown["predictions"]  # the drawn seed reproduces the run
     text = shield(*run[:-1], env=env, check=True).stdout
     assert "fresh secret seed" in text and "0x" not in text
     assert "seed 7:" in shield(*run[:-1], "--seed", "7", env=env, check=True).stdout
-    assert f"{drawn:#018x}" not in shield(*run[:-1], env=env, check=True).stdout
     ev = json.loads(shield("eval", stochastic_artifact, "--limit", "8", "--T", "8", "--seed", "5", "--json",
                            env=env, check=True).stdout)
     assert ev["seed"] == 5
