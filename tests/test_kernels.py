@@ -325,6 +325,37 @@ def test_conv_requantizes_inside_its_register_tile(pool):
     assert shared == (2 if pool else 3), sch.mod.script()
 
 
+@pytest.mark.parametrize("isa_name,feature", [("avx2", "avx2"), ("vnni256", "avxvnni"), ("vnni512", "avx512vnni")])
+def test_x86_dot_products_are_exact_at_the_extremes(isa_name, feature):
+    """Each x86 dot-product intrinsic this CPU can run gives the exact int32 sums of a dense layer whose codes and
+    weights are all at the int8 extremes (-128 x -128 pairs included: a saturating pair sum would show) and
+    random elsewhere; lanes in order (every output channel has its own weights)."""
+    from stochastic_shield.compile.kernels import dense as densek
+    from stochastic_shield.compile.kernels.isa import target_has
+
+    if not target_has(HOST, feature):
+        pytest.skip(f"this CPU has no {feature}")
+    isa = ISAS[isa_name]
+    n, k, o = 3, 64, 32
+    rng = np.random.default_rng(5)
+    x = rng.choice(np.array([-128, 127], np.int8), (n, k))
+    x[2] = rng.integers(-128, 128, k)
+    w = rng.choice(np.array([-128, 127], np.int8), (k, o))
+    w[:, 0], w[:, 1] = -128, 127
+    x[0] = -128  # row 0 against column 0: every product 2^14, every pair 2^15
+    ep = Epilogue(bias=np.zeros(o, np.int64), out_scale=np.ones(o))
+    f = densek.dense_func(n, k, o, ep, isa)
+    with HOST:
+        f = densek.schedule_dense(f, isa, parallel=False).mod["main"]
+    lib = tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=HOST)
+    out = tvm.runtime.empty((n, o), "float32", tvm.cpu())
+    lib["main"](tvm.runtime.tensor((x.astype(np.int32) + isa.shift).astype(isa.act_dtype)),
+                tvm.runtime.tensor(densek.pack_weights(w, np.arange(k))), tvm.runtime.tensor(np.zeros(o, np.int32)),
+                tvm.runtime.tensor(np.ones(o, np.float32)), out)
+    want = x.astype(np.int64) @ w.astype(np.int64) + isa.shift * w.astype(np.int64).sum(0)
+    np.testing.assert_array_equal(out.numpy(), want.astype(np.float32))
+
+
 def test_table_kernels_look_up_every_code():
     """Both one-table kernels (the scheduled TE loop every target has, and vpermi2b where VBMI is) give
     table[code] + 128 for all 256 codes, each table half and both ends included."""
@@ -369,15 +400,18 @@ def test_generic_target_module_is_unchanged(shipped_unpacked):
     assert "packed_conv" in _calls(PackInt8(cascadelake)(qmod), "main")
 
 
-def test_avx512_without_vnni_is_refused(shipped_unpacked):
-    qmod, _ = shipped_unpacked
+def test_avx512_without_vnni_takes_the_exact_avx2_path(shipped_unpacked):
+    """pmaddubsw (AVX-512BW's byte product) saturates its int16 pair sums; such a target gets vpmaddwd on
+    sign-extended bytes instead, as any AVX2 target does, and a target without AVX2 keeps the generic kernels."""
     skylake = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
     isa, why = select_isa(skylake)
-    assert isa is None and "saturates" in why
-    tvm.ir.assert_structural_equal(PackInt8(skylake)(qmod), qmod)
+    assert isa.name == "avx2" and "vpmaddwd" in why
+    assert select_isa(tvm.target.Target({"kind": "llvm", "mcpu": "sandybridge"}))[0] is None
 
 
 def test_packed_kernels_get_tensorized_default_schedules(shipped_unpacked):
+    _needs_host_isa()
+    instruction = {"vnni512": "vpdpbusd", "vnni256": "vpdpbusd", "avx2": "pmadd.wd"}[select_isa(HOST)[0].name]
     qmod, _ = shipped_unpacked
     with HOST:
         mod = DefaultSchedules()(lower(pack_int8(qmod, HOST), HOST))
@@ -385,7 +419,7 @@ def test_packed_kernels_get_tensorized_default_schedules(shipped_unpacked):
     assert len(packed) == 4
     for name, f in packed.items():
         assert "tirx.is_scheduled" in f.attrs, name
-        assert "vpdpbusd" in f.script(), name  # the dot-product intrinsic, not a scalar loop
+        assert instruction in f.script(), name  # the dot-product intrinsic, not a scalar loop
     # the input quantize and the first conv's rows: a vectorized value, the padding filled apart (not one
     # scalar loop with a division and a padding test per byte)
     rows = [f for gv, f in mod.functions.items() if "pack_rows" in gv.name_hint]

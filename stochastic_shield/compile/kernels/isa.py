@@ -5,6 +5,7 @@ The packed kernels reduce 4 int8 products per output lane in one instruction:
   x86 AVX-VNNI      vpdpbusd ymm    8 lanes  u8 x s8  (same shift, 256-bit registers only)
   Arm +dotprod      sdot            4 lanes  s8 x s8
   Arm NEON (A64)    smull + saddlp  4 lanes  s8 x s8  (products fit int16, widened before adding)
+  x86 AVX2          vpmaddwd x 2    8 lanes  s8 x s8  (bytes sign-extended in place to int16, pairs summed exactly)
 AVX-512 without VNNI (pmaddubsw) saturates its int16 pair sums, so such targets are refused: the
 packed path would silently change results there.
 
@@ -32,6 +33,7 @@ _arm = sys.modules[f"{PACKAGE}.arm_cpu"]
 
 VNNI_512 = "dot_16x4_vnni"
 VNNI_256 = "shield_dot_8x4_avxvnni"
+AVX2_MADD = "shield_dot_8x4_avx2_madd"
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class Isa:
     lanes: int         # int32 outputs of one intrinsic call
     acc_regs: int      # vector registers a register-blocked tile may hold as accumulators
     ow_block: int      # most output columns one conv tile keeps in registers
+    groups_inner: bool = False  # a conv tile's lane groups inside its columns (the input is widened per column)
 
 
 ISAS = {
@@ -52,6 +55,7 @@ ISAS = {
     "vnni256": Isa("vnni256", "uint8", 128, VNNI_256, 8, 8, 6),
     "sdot": Isa("sdot", "int8", 0, "dot_4x4_i8i8s32_sdot", 4, 16, 7),
     "neon": Isa("neon", "int8", 0, "dot_4x4_i8i8s32_neon", 4, 16, 7),
+    "avx2": Isa("avx2", "int8", 0, AVX2_MADD, 8, 8, 4, groups_inner=True),
 }
 
 
@@ -82,25 +86,30 @@ def select_isa(target) -> tuple[Isa | None, str]:
         return ISAS["vnni512"], "AVX-512 VNNI (vpdpbusd zmm)"
     if _has(target, "avxvnni"):
         return ISAS["vnni256"], "AVX-VNNI (vpdpbusd ymm)"
-    if _has(target, "avx512bw"):
-        return None, "AVX-512 without VNNI: pmaddubsw saturates int16 sums (not bit-exact)"
+    if _has(target, "avx2"):  # AVX-512 without VNNI too: its pmaddubsw saturates, vpmaddwd does not
+        return ISAS["avx2"], "AVX2 (vpmaddwd on sign-extended bytes)"
     return None, "no VNNI or dot-product feature in the target's mcpu/mattr"
 
 
-@T.prim_func(s_tir=True)
-def _vnni256_desc(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((8, 4), "int8", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        for i in T.serial(0, 8):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+def _dot8_desc(a_dtype: str) -> tirx.PrimFunc:
+    """C[8] += A[4] . B[8, 4] with A of A_DTYPE (uint8: AVX-VNNI; int8: AVX2)."""
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((4,), a_dtype, offset_factor=1),
+        B: T.Buffer((8, 4), "int8", offset_factor=1),
+        C: T.Buffer((8,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+            T.writes(C[0:8])
+            for i in T.serial(0, 8):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    return desc
 
 
 def _dot_impl(lanes: int, a_dtype: str, intrin: str) -> tirx.PrimFunc:
@@ -167,12 +176,41 @@ def _neon_impl(
             dtype="int32x4")
 
 
+@T.prim_func(s_tir=True)
+def _avx2_impl(
+    A: T.Buffer((4,), "int8", offset_factor=1),
+    B: T.Buffer((8, 4), "int8", offset_factor=1),
+    C: T.Buffer((8,), "int32", offset_factor=1),
+) -> None:
+    # Lane i's four bytes k0..k3 seen as two int16 (k1:k0, k3:k2): (v << 8) >> 8 sign-extends k0 and k2 in place,
+    # v >> 8 gives k1 and k3 (arithmetic shifts), so one vpmaddwd against (a0, a2) and one against (a1, a3) leave
+    # lane i's k0a0 + k2a2 and k1a1 + k3a3: exact (|sum| <= 2^15 in int32), lanes in order, no horizontal add.
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+            T.shift_right(T.shift_left(T.reinterpret(B.vload([0, 0], dtype="int8x32"), dtype="int16x16"),
+                                       T.broadcast(T.int16(8), 16)), T.broadcast(T.int16(8), 16)),
+            T.shift_right(T.shift_left(T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"),
+                                                                 8), dtype="int16x16"),
+                                       T.broadcast(T.int16(8), 16)), T.broadcast(T.int16(8), 16)),
+            dtype="int32x8") + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+            T.shift_right(T.reinterpret(B.vload([0, 0], dtype="int8x32"), dtype="int16x16"),
+                          T.broadcast(T.int16(8), 16)),
+            T.shift_right(T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 8),
+                                        dtype="int16x16"), T.broadcast(T.int16(8), 16)),
+            dtype="int32x8")
+
+
 def register() -> None:
     """Register the fixed dot_16x4_vnni (LLVM >= 21), the 8-lane AVX-VNNI intrinsic, and TVM's Arm sdot and NEON
     intrinsics written as single expressions (see _dot_impl); idempotent."""
     if llvm_version_major() >= 21:
         TensorIntrin.register(VNNI_512, _x86.dot_product_16x4_u8i8i32_desc, _vnni512_impl, override=True)
-    TensorIntrin.register(VNNI_256, _vnni256_desc, _vnni256_impl, override=True)
+    TensorIntrin.register(VNNI_256, _dot8_desc("uint8"), _vnni256_impl, override=True)
+    TensorIntrin.register(AVX2_MADD, _dot8_desc("int8"), _avx2_impl, override=True)
     TensorIntrin.register(_arm.ARM_DOT_4x4_i8_SDOT_INTRIN, _arm.get_dotprod_intrin("int8", "int32")[0], _sdot_impl,
                           override=True)
     TensorIntrin.register(_arm.ARM_DOT_4x4_i8_NEON_INTRIN, _arm.neon_4x4_i8i8i32_desc, _neon_impl, override=True)

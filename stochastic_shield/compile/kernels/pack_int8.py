@@ -20,7 +20,7 @@ Anything else reads the logical int8 tensor, converted back once where first nee
 conversions sit only at the boundaries of packed regions. A dropout needs its elements in NCHW
 order (its Philox counters use the flat NCHW index), so a flatten feeding one is put back into
 logical order there, before the T-fold repeat. Without such a target the module is returned
-unchanged (see ``select_isa`` for why AVX-512 without VNNI is refused).
+unchanged (``select_isa``: x86 without AVX2, or a CPU kind with no exact int8 product).
 """
 from __future__ import annotations
 
