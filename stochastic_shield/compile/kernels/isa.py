@@ -6,8 +6,9 @@ The packed kernels reduce 4 int8 products per output lane in one instruction:
   Arm +dotprod      sdot            4 lanes  s8 x s8
   Arm NEON (A64)    smull + saddlp  4 lanes  s8 x s8  (products fit int16, widened before adding)
   x86 AVX2          vpmaddwd x 2    8 lanes  s8 x s8  (bytes sign-extended in place to int16, pairs summed exactly)
-AVX-512 without VNNI (pmaddubsw) saturates its int16 pair sums, so such targets are refused: the
-packed path would silently change results there.
+pmaddubsw (u8 x s8 with int16 pair sums) would need one instruction less on AVX2, but its pair sums saturate and
+would silently change results; vpmaddwd on int16 cannot overflow (|a0 b0 + a1 b1| <= 2^15 in an int32 lane), so
+AVX2 and AVX-512-without-VNNI targets take it.
 
 Importing this module (re)registers ``dot_16x4_vnni``: TVM 0.27.0.post1's version fails LLVM 22's
 verifier ("Call parameter type does not match function signature! ... <64 x i8> ...
