@@ -258,18 +258,26 @@ if __name__ == "__main__":
     print(markdown(data))
 
 
-EARLIER = "speed-xeon-amx.json"   # an earlier run of this benchmark on another CPU, kept beside speed.json
+EARLIER = ("speed-xeon-amx.json", "speed-epyc-vnni.json")   # earlier runs of this benchmark on other CPUs, oldest first
 
 
-def machines_table(res: dict, earlier: dict | None = None) -> str:
-    """Ours / the faster edge peer from Python, per model and thread count, on this run's CPU and on the CPU of
-    the earlier run (benchmarks/results/speed-xeon-amx.json), with each run's per-core int8 peak: the ratios move
-    with the machine, so both are shown."""
+def _isa_words(res: dict) -> str:
+    """The int8 instructions of a run's CPU in words (its peak's ISA, and AMX where the machine had it)."""
+    words = {"avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI", "avx2": "AVX2, no VNNI", "dotprod": "sdot"}
+    isa = words.get(res["peak"].get("isa"), res["peak"].get("isa") or "no int8 dot product")
+    return f"{isa}, AMX" if res["runs"][0]["machine"].get("amx_int8") else isa
+
+
+def machines_table(res: dict, earlier: list[dict] | None = None) -> str:
+    """Ours / the faster edge peer from Python, per model and thread count, on this run's CPU and on the CPUs of
+    the earlier runs (benchmarks/results/speed-*.json of EARLIER), with each run's per-core int8 peak: the ratios
+    move with the machine, so all are shown."""
     if earlier is None:
-        earlier = json.loads((Path(__file__).resolve().parent / "results" / EARLIER).read_text())
-    runs = [earlier, res]
-    heads = [f"{r['runs'][0]['machine']['cpu']} ({'AMX' if r['runs'][0]['machine'].get('amx_int8') else 'no AMX'}, "
-             f"{peak_gmacs(r, 1):g} GMAC/s per core), commit {r['runs'][0]['commit']}" for r in runs]
+        here = Path(__file__).resolve().parent / "results"
+        earlier = [json.loads((here / name).read_text()) for name in EARLIER if (here / name).exists()]
+    runs = [*earlier, res]
+    heads = [f"{r['runs'][0]['machine']['cpu']} ({_isa_words(r)}, {peak_gmacs(r, 1):g} GMAC/s per core), "
+             f"commit {r['runs'][0]['commit']}" for r in runs]
     by_key = [{m["info"]["label"]: m for m in _models(r)} for r in runs]
     out = []
     for m in _models(res):
