@@ -45,15 +45,18 @@ def _results() -> dict:
 
 
 def test_machines_table_puts_each_runs_ratio_side_by_side():
-    """The two-CPU table gives each run's ours / faster edge peer for the same model and thread count, names each
+    """The table of CPUs gives each run's ours / faster edge peer for the same model and thread count, names each
     run's CPU and per-core peak, bolds only ratios above 1.0x, and shows '-' for a model the earlier run lacks."""
     now, earlier = _results(), _results()
     earlier["runs"][0]["machine"] = {"cpu": "Old CPU", "usable_cores": 2, "amx_int8": True}
     earlier["peak"]["gmacs"]["1"] = 400.0
+    earlier["peak"]["isa"] = "avx512_vnni"
     earlier["models"]["tiny"]["rows"][0] = _row("ours", 1, 0.5)   # 0.5 / LiteRT 1.0 on the earlier CPU
     del earlier["models"]["broken"]
-    text = speed_report.machines_table(now, earlier)
-    assert "Old CPU (AMX, 400 GMAC/s per core), commit abc1234 | Test CPU (no AMX, 100 GMAC/s per core)" in text, text
+    now["peak"]["isa"] = "avx2"
+    text = speed_report.machines_table(now, [earlier])
+    assert ("Old CPU (AVX-512 VNNI, AMX, 400 GMAC/s per core), commit abc1234 | "
+            "Test CPU (AVX2, no VNNI, 100 GMAC/s per core)") in text, text
     assert "| tiny 1x8x8 | 1 | 0.50x (LiteRT) | **2.00x** (LiteRT) |" in text, text
     assert "| tiny 1x8x8 | 2 | 0.60x (ExecuTorch) | 0.60x (ExecuTorch) |" in text, text
     assert "| broken 1x4x4 | 1 | - | **2.00x** (ExecuTorch) |" in text, text
