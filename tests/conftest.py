@@ -12,20 +12,6 @@ FASHION_FIXTURE = FIXTURES / "fashion-mnist"
 
 torch.set_num_threads(2)
 
-# The files whose tests take minutes (end-to-end runs on boards, tuning, the kill tests), slowest first. Under
-# pytest-xdist (the README's test command: `-n auto --dist loadfile --no-loadscope-reorder`) each worker takes
-# whole files in collection order, so these go first: left to xdist's own order (files with the most tests
-# first), the kill test started last and ran alone for its final 7-11 minutes.
-SLOW_FILES = ("test_faults.py", "test_byom.py", "test_tuning.py", "test_demo.py", "test_onnx_corpus.py",
-              "test_search.py", "test_compile_db.py", "test_zoo.py", "test_cli.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    """Run the slow files first (stable otherwise): the two workers then finish together."""
-    rank = {name: i for i, name in enumerate(SLOW_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))
-
-
 @pytest.fixture(scope="session")
 def fashion_root() -> Path:
     """Folder of the small Fashion-MNIST cut that always ships with the tests."""
