@@ -71,7 +71,12 @@ def _check(builds, tmp_path, tuned: str, default: str) -> dict:
     return decide(times)
 
 
-def test_real_builds_of_known_speed(builds, tmp_path):
+def test_real_builds_of_known_speed(builds, tmp_path, monkeypatch):
+    # One thread: the known speeds are the kernels'. With two, a parallel kernel waits for a worker thread the
+    # OS has not scheduled whenever another process holds the other core (pytest's second worker in CI): the
+    # int8 build then took ~8 ms, as long as fp32, in 10 of 20 rounds (the check's own verdict there is right:
+    # that build is not faster on a loaded board; test_a_build_against_itself... covers the loaded case).
+    monkeypatch.setenv("TVM_NUM_THREADS", "1")
     fast_tuned = _check(builds, tmp_path / "a", "fast", "slow")
     assert fast_tuned["apply"] and fast_tuned["ratio_upper_bound"] < 1 - MARGIN, fast_tuned
     slow_tuned = _check(builds, tmp_path / "b", "slow", "fast")
