@@ -232,6 +232,8 @@ def test_depthwise_layers_are_packed_and_bit_exact(batch, images, calib):
     assert len(dw) == 2 and all("tirx.is_scheduled" in f.attrs for f in dw)
     if select_isa(HOST)[0].name == "vnni512":  # 4 rows of taps per vpdpbusd lane, not widened products
         assert all("vpdpbusd" in f.script() for f in dw)
+    if select_isa(HOST)[0].name == "avx2":  # stride 1: 2 rows of taps per vpmaddwd lane; stride 2: widened taps
+        assert sum("pmadd.wd" in f.script() for f in dw) == 1, [f.script()[:200] for f in dw]
     _assert_bit_exact_rgb(packed, plan, images, batch, seed=3)
 
 

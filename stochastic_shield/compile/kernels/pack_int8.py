@@ -182,9 +182,8 @@ class Rewriter:
         x, _ = self.packed_input(a.x, "conv")
         spec = a.spec
         bias = compensated_bias(a.ep, dwk.weight_sums(a.w), self.isa.shift)
-        vnni = dwk.vnni_fits(spec, self.isa)
-        w = dwk.pack_weights_vnni(spec, a.w) if vnni else dwk.pack_weights(a.w)
-        func = (dwk.depthwise_func_vnni if vnni else dwk.depthwise_func)(spec, a.ep, self.isa)
+        pack, make = dwk.kernel_for(spec, self.isa)
+        w, func = pack(spec, a.w), make(spec, a.ep, self.isa)
         args = [x, _c(w), *[_c(q) for q in requant_arrays(a.ep, bias, blocks(spec.cout))]]
         y = self._call("packed_depthwise", func, "depthwise", args,
                        relax.TensorType(dwk.output_shape(spec), self.isa.act_dtype))
