@@ -5,7 +5,8 @@ isa.py        which exact dot-product instruction a target has; the fixed VNNI i
 epilogue.py   bias (+128 compensation), requantize, dequantize of an anchor's accumulator
 conv.py       packed conv2d (+ max pool), its TE definition, weight packing and default schedule
 dense.py      packed dense, the same
-depthwise.py  packed depthwise conv2d: 16 channels per vector, taps unrolled, int16 products summed in int32
+depthwise.py  packed depthwise conv2d: 16 channels per vector; taps on vpdpbusd (VNNI), on vpmaddwd in row
+              pairs (AVX2, stride 1), else unrolled with int16 products summed in int32
 layout.py     packed activation forms and the conversions at region boundaries
 match.py      finds the emitter's conv2d (dense and depthwise) / dense chains in a Relax function
 lut.py        one-table lookups (vpermi2b on VBMI); spatial_sum.py a global average pool's sum
