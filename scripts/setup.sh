@@ -7,11 +7,10 @@ PY=${PYTHON:-python3}
 
 APT_PACKAGES=(
   dataset-fashion-mnist     # the embedded default data set (idx files in /usr/share/datasets)
-  fonts-dejavu-core         # glyphs-ood, the out-of-distribution set rendered from fonts (glyphs.py)
+  fonts-dejavu-core         # glyphs-ood (glyphs.py) and the text lines of the ONNX corpus's OCR models
   g++-aarch64-linux-gnu     # cross compiler for rasp4b64 / aarch64 boards
   g++-arm-linux-gnueabihf   # cross compiler for rasp3b (32-bit armv7)
   qemu-user-static          # runs the emulated aarch64 board
-  fonts-dejavu-core         # text lines rendered for the OCR models of the ONNX corpus (tests, benchmarks)
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
