@@ -327,6 +327,22 @@ def test_conv_requantizes_inside_its_register_tile(pool):
     assert shared == (2 if pool else 3), sch.mod.script()
 
 
+@pytest.mark.parametrize("ow,cblocks,tile", [
+    (32, 1, (16, 1)),   # ResNet-8's 16 channels at 32x32: 8 columns under a cap of 14, 16 accumulators now
+    (16, 2, (8, 2)),    # 32 channels at 16x16: 4 x 2 before
+    (8, 4, (8, 2)),     # 64 channels at 8x8: 4 x 2 before
+    (56, 4, (7, 2)),    # ResNet-18's rows keep two blocks of 7 columns
+    (48, 3, (12, 1)),   # 12 columns: enough, unchanged (16 was not faster)
+    (7, 32, (7, 2)),
+])
+def test_vnni_conv_tiles_hold_enough_accumulators_to_hide_the_dot_products_latency(ow, cblocks, tile):
+    """A VNNI conv tile of 8 accumulators or fewer widens to 16 (conv._register_tile): with vpdpbusd's latency of
+    5 cycles at two per cycle, 8 chains left ResNet-8's convs 20-30% slower (bit-exactness: test_zoo's ResNet-8)."""
+    from stochastic_shield.compile.kernels.conv import _register_tile
+
+    assert _register_tile(ow, cblocks, ISAS["vnni512"]) == tile
+
+
 @pytest.mark.parametrize("isa_name,feature", [("avx2", "avx2"), ("vnni256", "avxvnni"), ("vnni512", "avx512vnni")])
 def test_x86_dot_products_are_exact_at_the_extremes(isa_name, feature):
     """Each x86 dot-product intrinsic this CPU can run gives the exact int32 sums of a dense layer whose codes and

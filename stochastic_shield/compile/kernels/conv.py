@@ -25,6 +25,7 @@ ROWS_MAX_CIN = 8  # "rows" for fewer input channels than this when the input is 
 # padded bytes from which one image's padding is split over the cores (a second parallel launch costs about a
 # microsecond: the shipped conv1's 8 KB padding took 11.2 us split, 9.8 us with the conv's split alone)
 PAD_PARALLEL = 1 << 16
+FEW_ACCUMULATORS = 8  # a VNNI register tile this small widens to isa.acc_regs (_register_tile)
 
 
 @dataclass(frozen=True)
@@ -179,11 +180,24 @@ def _register_tile(ow: int, cblocks: int, isa: Isa) -> tuple[int, int]:
     two channel blocks x 7 columns beat 14 columns of one block whenever they fill as many registers: each
     broadcast input then feeds two vpdpbusd, so the loads per product fall from 15/14 to 9/14 (alone, 1
     thread: 3x3 256->256 at 14x14 378 -> 340 us, 128->128 at 28x28 387 -> 355 us, 1x1 64->64 at 56x56 80 -> 76 us).
+    A tile of FEW_ACCUMULATORS or fewer leaves the dot product's latency exposed (vpdpbusd: 5 cycles, two per
+    cycle), as the widths that are powers of two got from a cap of 14 columns (8 of 32 or 16, 4 x 2 of 16 and
+    8): such rows take up to isa.acc_regs accumulators instead (alone, 1 thread, bit-exact: 3x3 16->16 at 32x32
+    11.3 -> 9.4 us, 32->32 at 16x16 9.3 -> 6.7, 64->64 at 8x8 8.3 -> 6.1; ResNet-8 in the VM 84 -> 73 us on 1
+    thread, 71 -> 67 on 2; a cap of 16 for all rows made rows of 48 no faster, and the depthwise kernels slower).
     """
-    reg = divisor_at_most(ow, isa.ow_block)
-    ct = divisor_at_most(cblocks, max(1, isa.ow_block // (reg * (BLOCK // isa.lanes))))
+    reg, ct = _tile(ow, cblocks, isa, isa.ow_block)
+    if isa.lanes == BLOCK and reg * ct <= FEW_ACCUMULATORS:
+        reg, ct = _tile(ow, cblocks, isa, isa.acc_regs)
+    return reg, ct
+
+
+def _tile(ow: int, cblocks: int, isa: Isa, cap: int) -> tuple[int, int]:
+    """_register_tile's choice with at most CAP accumulators per lane group."""
+    reg = divisor_at_most(ow, cap)
+    ct = divisor_at_most(cblocks, max(1, cap // (reg * (BLOCK // isa.lanes))))
     if isa.lanes == BLOCK and ct == 1 and cblocks % 2 == 0:
-        reg2 = divisor_at_most(ow, isa.ow_block // 2)
+        reg2 = divisor_at_most(ow, cap // 2)
         if 2 * reg2 >= reg:
             return reg2, 2
     return reg, ct
