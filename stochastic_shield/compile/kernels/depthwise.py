@@ -133,11 +133,27 @@ def vnni_fits(spec: ConvSpec, isa: Isa) -> bool:
 
 def pack_weights_vnni(spec: ConvSpec, w: np.ndarray) -> np.ndarray:
     """[C, 1, KH, KW] int8 weights as [C/16, G, KW, 16, 4] (G = KH/4 rounded up; tap row g*4 + k), padding zero."""
+    return _pack_tap_rows(w, ROWS, np.int8)
+
+
+def _pack_tap_rows(w: np.ndarray, rows: int, dtype) -> np.ndarray:
+    """[C, 1, KH, KW] weights as DTYPE [C/16, G, KW, 16, ROWS]: tap row g*ROWS + k of each channel and column in
+    the last axis (G = KH/ROWS rounded up), channels and rows past the weights zero."""
     c, _, kh, kw = w.shape
-    g = blocks(kh, ROWS)
-    p = np.zeros((blocks(c) * BLOCK, g * ROWS, kw), np.int8)
+    g = blocks(kh, rows)
+    p = np.zeros((blocks(c) * BLOCK, g * rows, kw), dtype)
     p[:c, :kh] = w[:, 0]
-    return np.ascontiguousarray(p.reshape(blocks(c), BLOCK, g, ROWS, kw).transpose(0, 2, 4, 1, 3))
+    return np.ascontiguousarray(p.reshape(blocks(c), BLOCK, g, rows, kw).transpose(0, 2, 4, 1, 3))
+
+
+def _padded_rows(spec: ConvSpec, x, dt: str, sh: int, height: int):
+    """The padding stage of HEIGHT rows: input pixels, the pad value around them and in the rows below the input
+    that a kernel's last group of taps reads (with weight 0)."""
+    t, l, _, _ = spec.padding
+    _, wp = spec.padded_hw
+    return te.compute((spec.n, blocks(spec.cin), height, wp, BLOCK), lambda n, c, y, v, b: tirx.if_then_else(
+        tirx.all(y >= t, y < t + spec.h, v >= l, v < l + spec.w),
+        x[n, c, tirx.min(y - t, spec.h - 1), v - l, b], tirx.const(spec.pad_code + sh, dt)), name="data_pad")
 
 
 def depthwise_func_vnni(spec: ConvSpec, ep: Epilogue, isa: Isa):
@@ -152,14 +168,9 @@ def depthwise_func_vnni(spec: ConvSpec, ep: Epilogue, isa: Isa):
     oh, _ = spec.conv_hw
     (s0, s1), d1 = spec.strides, spec.dilation[1]
     g = blocks(spec.kh, ROWS)
-    t, l, _, _ = spec.padding
-    hp, wp = spec.padded_hw
-    hp = max(hp, (oh - 1) * s0 + g * ROWS)
     x = te.placeholder(input_shape(spec), dt, name="x")
     w = te.placeholder((cb, g, spec.kw, BLOCK, ROWS), "int8", name="w")
-    xp = te.compute((spec.n, cb, hp, wp, BLOCK), lambda n, c, y, v, b: tirx.if_then_else(
-        tirx.all(y >= t, y < t + spec.h, v >= l, v < l + spec.w),
-        x[n, c, tirx.min(y - t, spec.h - 1), v - l, b], tirx.const(spec.pad_code + sh, dt)), name="data_pad")
+    xp = _padded_rows(spec, x, dt, sh, max(spec.padded_hw[0], (oh - 1) * s0 + g * ROWS))
     rg, rj, rk = (te.reduce_axis((0, e), nm) for nm, e in (("g", g), ("j", spec.kw), ("k", ROWS)))
     conv = te.compute(output_shape(spec), lambda n, c, y, v, b: te.sum(
         xp[n, c, y * s0 + rg * ROWS + rk, v * s1 + rj * d1, b].astype("int32")
@@ -179,7 +190,8 @@ def schedule_depthwise_vnni(func, isa: Isa, parallel: bool) -> s_tir.Schedule:
     nc = sch.fuse(n, c)
     if parallel:
         sch.parallel(nc)
-    vo, vi = sch.split(v, [None, divisor_at_most(int(sch.get(v).extent), OW_BLOCK_AVX2 if isa.name == "avx2" else OW_BLOCK)])
+    ow_block = OW_BLOCK_AVX2 if isa.name == "avx2" else OW_BLOCK
+    vo, vi = sch.split(v, [None, divisor_at_most(int(sch.get(v).extent), ow_block)])
     sch.compute_at(conv, vo)
     pairs = _maybe_block(sch, "pairs")
     if pairs is not None:  # AVX2: the int16 pairs from the padded rows, one tensorized interleave per pixel
@@ -256,11 +268,7 @@ def pairs_fit(spec: ConvSpec, isa: Isa) -> bool:
 
 def pack_weights_pairs(spec: ConvSpec, w: np.ndarray) -> np.ndarray:
     """[C, 1, KH, KW] int8 weights as int16 [C/16, G, KW, 16, 2] (G = KH/2 rounded up; tap row g*2 + k), padding 0."""
-    c, _, kh, kw = w.shape
-    g = blocks(kh, PAIR)
-    p = np.zeros((blocks(c) * BLOCK, g * PAIR, kw), np.int16)
-    p[:c, :kh] = w[:, 0]
-    return np.ascontiguousarray(p.reshape(blocks(c), BLOCK, g, PAIR, kw).transpose(0, 2, 4, 1, 3))
+    return _pack_tap_rows(w, PAIR, np.int16)
 
 
 def depthwise_func_pairs(spec: ConvSpec, ep: Epilogue, isa: Isa):
@@ -276,16 +284,12 @@ def depthwise_func_pairs(spec: ConvSpec, ep: Epilogue, isa: Isa):
     oh, _ = spec.conv_hw
     (s0, s1), d1 = spec.strides, spec.dilation[1]
     g = blocks(spec.kh, PAIR)
-    t, l, _, _ = spec.padding
-    _, wp = spec.padded_hw
     rows = (oh - 1) * s0 + (g - 1) * PAIR + 1   # pair rows the conv reads
     x = te.placeholder(input_shape(spec), dt, name="x")
     w = te.placeholder((cb, g, spec.kw, BLOCK, PAIR), "int16", name="w")
-    xp = te.compute((spec.n, cb, rows + 1, wp, BLOCK), lambda n, c, y, v, b: tirx.if_then_else(
-        tirx.all(y >= t, y < t + spec.h, v >= l, v < l + spec.w),
-        x[n, c, tirx.min(y - t, spec.h - 1), v - l, b], tirx.const(spec.pad_code + sh, dt)), name="data_pad")
-    pairs = te.compute((spec.n, cb, rows, wp, BLOCK, PAIR), lambda n, c, y, v, b, k: xp[n, c, y + k, v, b].astype(
-        "int16"), name="pairs")
+    xp = _padded_rows(spec, x, dt, sh, rows + 1)
+    pairs = te.compute((spec.n, cb, rows, spec.padded_hw[1], BLOCK, PAIR),
+                       lambda n, c, y, v, b, k: xp[n, c, y + k, v, b].astype("int16"), name="pairs")
     rg, rj, rk = (te.reduce_axis((0, e), nm) for nm, e in (("g", g), ("j", spec.kw), ("k", PAIR)))
     conv = te.compute(output_shape(spec), lambda n, c, y, v, b: te.sum(
         pairs[n, c, y * s0 + rg * PAIR, v * s1 + rj * d1, b, rk].astype("int32")
@@ -361,7 +365,8 @@ TensorIntrin.register(DW_AVX2_PAIRS, _pairs_desc, _pairs_impl, override=True)
 
 
 def kernel_for(spec: ConvSpec, isa: Isa):
-    """(pack_weights(spec, w), func(spec, ep, isa)) of the form SPEC takes on ISA: VNNI's, AVX2's pairs, or widened taps."""
+    """(pack_weights(spec, w), func(spec, ep, isa)) of the form SPEC takes on ISA: VNNI's, AVX2's pairs, or
+    widened taps."""
     if vnni_fits(spec, isa):
         return pack_weights_vnni, depthwise_func_vnni
     if pairs_fit(spec, isa):
