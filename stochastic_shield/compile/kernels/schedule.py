@@ -38,7 +38,13 @@ PARALLEL_MIN_FLOPS = {"conv": 2.8e6, "depthwise": 0.5e6, "dense": 10e6, "lut": f
 # thread's wake-up pays off from about an eighth of the size: at 2 threads on an AVX2 AMD EPYC (Zen 1), an eighth took
 # MobileNetV1-0.25 1454 -> 1129 us, MobileNetV2-0.35 2563 -> 2107, ResNet-8 1012 -> 872, DS-CNN 532 -> 346; 1 thread
 # unchanged (interleaved A/B in one process, outputs equal). Arm (NEON, sdot) not measured: its sizes stay VNNI's.
-SPLIT_SCALE = {"avx2": 0.125}
+# On AVX-512 VNNI the crossover measured alone is too low in a network: there the parallel kernels' inputs were
+# written on the other core, and the serial kernels between them ran beside a spinning worker. Whole networks at
+# 2 threads, interleaved A/B on a 2-core Xeon (VM time, us, scale 1 / 3 / all serial): ResNet-8 66.2 / 58.8 / 58.9,
+# MobileNetV3-small 119.5 / 115.1, MobileNetV1-0.25 102.8 / 101.4 / 99.5; MobileNetV2-1.0 1747 / 1757 and ResNet-18
+# 3603 / 3662 (noise; at scale 6 MobileNetV2-1.0 took 1981); outputs equal. Fewer sched_yield spins
+# (TVM_THREAD_POOL_SPIN_COUNT) did not help: ResNet-8 at 2 threads stayed slower than on 1 at every count.
+SPLIT_SCALE = {"avx2": 0.125, "vnni512": 3.0}
 INJECTIVE_PARALLEL = 1 << 16  # elements from which an injective kernel is split over the cores
 _LANES = 16
 
