@@ -33,6 +33,7 @@ from tvm import relax, te
 
 from ..shield.dropout_kernel import apply_mc_dropout, mc_dropout_info
 from . import conv as convk
+from . import amx as amxk
 from . import dense as densek
 from . import depthwise as dwk
 from . import layout
@@ -56,8 +57,8 @@ class Rewriter:
     """Re-emits one function, replacing anchors by packed kernels and tracking packed values."""
 
     def __init__(self, bb: relax.BlockBuilder, mod: tvm.IRModule, isa: Isa, func: relax.Function, kinds,
-                 vbmi: bool = False):
-        self.bb, self.mod, self.isa, self.vbmi = bb, mod, isa, vbmi
+                 vbmi: bool = False, amx: bool = False):
+        self.bb, self.mod, self.isa, self.vbmi, self.amx = bb, mod, isa, vbmi, amx
         self.bindings = [b for blk in func.body.blocks for b in blk.bindings]
         self.ret = func.body.body
         self.anchors = find_anchors(func, kinds)
@@ -173,9 +174,14 @@ class Rewriter:
         x, _ = self.packed_input(a.x, "conv", spec)
         o = spec.cout
         bias = compensated_bias(a.ep, a.w.reshape(o, -1).astype(np.int64).sum(1), self.isa.shift)
-        args = [x, _c(convk.pack_weights(spec, a.w)), *[_c(q) for q in requant_arrays(a.ep, bias, blocks(o))]]
-        y = self._call("packed_conv", convk.conv_func(spec, a.ep, self.isa), "conv", args,
-                       relax.TensorType(convk.output_shape(spec), self.isa.act_dtype))
+        q = [_c(v) for v in requant_arrays(a.ep, bias, blocks(o))]
+        out_ty = relax.TensorType(convk.output_shape(spec), self.isa.act_dtype)
+        if amxk.amx_fits(spec, self.isa, self.amx):  # written scheduled: no default schedule, not a tuning task
+            gv = self.bb.add_func(amxk.conv_func_amx(spec, a.ep, self.isa).with_attr("op_pattern", 8), "packed_conv")
+            y = self.bb.emit(relax.call_tir(gv, [x, _c(amxk.pack_weights_amx(spec, a.w)), *q], out_ty))
+        else:
+            y = self._call("packed_conv", convk.conv_func(spec, a.ep, self.isa), "conv",
+                           [x, _c(convk.pack_weights(spec, a.w)), *q], out_ty)
         self.packed[a.out] = (y, layout.Packed("nchwc", spec.n, o, *spec.out_hw))
 
     def depthwise(self, a: Anchor):

@@ -8,7 +8,7 @@ import tvm
 from tvm import relax
 
 from . import lut as lutk
-from .isa import select_isa
+from .isa import select_isa, target_has
 from .match import KINDS, find_anchors, layer_sites
 from .pack_int8 import Rewriter
 
@@ -37,6 +37,7 @@ class PackInt8:
     def __init__(self, target, kinds=KINDS):
         self.isa, self.reason = select_isa(target)
         self.vbmi = self.isa is not None and lutk.has_vbmi(self.isa, tvm.target.Target(target))
+        self.amx = self.isa is not None and target_has(tvm.target.Target(target), "amx-int8")
         self.kinds = frozenset(kinds)  # which anchor kinds to pack (benchmarks compare against fewer)
         self.report: dict = {}
 
@@ -51,7 +52,7 @@ class PackInt8:
             return mod
         bb = relax.BlockBuilder(tvm.IRModule({g: f for g, f in mod.functions.items() if g not in todo}))
         for gv, func in todo.items():
-            rw = Rewriter(bb, mod, self.isa, func, self.kinds, self.vbmi)
+            rw = Rewriter(bb, mod, self.isa, func, self.kinds, self.vbmi, self.amx)
             params = [relax.Var(p.name, p.ty) for p in func.params]
             attrs = dict(func.attrs) if func.attrs is not None else None
             with bb.function(gv.name_hint, params, attrs=attrs, pure=func.is_pure):

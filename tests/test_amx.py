@@ -1,0 +1,97 @@
+"""The AMX conv kernel (compile/kernels/amx.py): bit-exact with the VNNI conv kernel, and chosen only where it pays.
+
+The bit-exact tests run compiled code and need a CPU with AMX int8 (the host board's target decides); the choice
+is compile-only and runs anywhere.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+
+from stochastic_shield.compile.kernels import amx as amxk
+from stochastic_shield.compile.kernels.conv import ConvSpec, conv_func, input_shape, output_shape, pack_weights, \
+    schedule_conv
+from stochastic_shield.compile.kernels.epilogue import Epilogue, blocks
+from stochastic_shield.compile.kernels.isa import ISAS, target_has
+from stochastic_shield.targets import get_board
+
+HOST = get_board("host").tvm_target()
+VNNI = ISAS["vnni512"]
+
+
+def _spec(cin, hw, cout, k, s):
+    return ConvSpec(1, cin, hw, hw, cout, k, k, (s, s), (1, 1), (k // 2,) * 4, pad_code=-3)
+
+
+def _run(func, spec, w_packed, x, q):
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=HOST)
+    out = tvm.runtime.tensor(np.zeros(output_shape(spec), np.uint8))
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w_packed), *[tvm.runtime.tensor(a) for a in q], out)
+    return out.numpy()
+
+
+@pytest.mark.parametrize("cin,hw,cout,k,s,pad", [
+    (64, 14, 64, 3, 1, (1, 1, 1, 1)),    # two channel blocks per task, 14-row tiles
+    (32, 16, 48, 3, 2, (1, 1, 1, 1)),    # stride 2 (A rows 32 bytes apart), an odd number of output blocks
+    (24, 9, 40, 3, 1, (0, 2, 1, 0)),     # a partial input block, uneven padding, 7-wide rows of taps past the edge
+    (16, 12, 32, 4, 1, (2, 1, 1, 2)),    # 4 taps: every byte of an A row used
+])
+def test_amx_conv_equals_the_vnni_conv(cin, hw, cout, k, s, pad):
+    """Same random codes, weights at the int8 extremes among random ones, per-channel requantize: the AMX kernel's
+    output equals the VNNI kernel's byte for byte (both compiled for this CPU)."""
+    if not target_has(HOST, "amx-int8"):
+        pytest.skip("this CPU has no AMX int8")
+    spec = ConvSpec(1, cin, hw, hw, cout, k, k, (s, s), (1, 1), pad, pad_code=-3)
+    rng = np.random.default_rng(cin + hw + cout)
+    ep = Epilogue(bias=np.zeros(cout, np.int64), m0=rng.integers(1 << 28, 1 << 30, cout).astype(np.int64),
+                  rnd=np.full(cout, 1 << 36, np.int64), n=np.full(cout, 37, np.int64), zp=3, lo=-128, hi=127)
+    w = rng.integers(-128, 128, (cout, cin, k, k)).astype(np.int8)
+    w[0], w[-1] = -128, 127
+    x = rng.integers(0, 256, input_shape(spec)).astype(np.uint8)
+    cb = blocks(cout)
+    q = [rng.integers(-20000, 20000, (cb, 16)).astype(np.int32), rng.integers(1 << 28, 1 << 30, (cb, 16)).astype(np.int32),
+         np.full((cb, 16), 1 << 36, np.int64), np.full((cb, 16), 37, np.int64)]
+    vnni = schedule_conv(conv_func(spec, ep, VNNI), VNNI, parallel=True).mod["main"]
+    want = _run(vnni, spec, pack_weights(spec, w), x, q)
+    got = _run(amxk.conv_func_amx(spec, ep, VNNI), spec, amxk.pack_weights_amx(spec, w), x, q)
+    assert len(np.unique(want)) > 20  # the requantize spreads the outputs: a wrong sum would show
+    np.testing.assert_array_equal(got, want)
+
+
+def test_amx_takes_the_large_3x3_convs_only():
+    """On an AMX target: ResNet-18's 3x3 convs (stride 1, and stride 2 with 14 output columns or more); not the
+    1x1, 7x7 or small ones, a stride-2 conv down to 7 columns, or any conv where the target has no AMX."""
+    fits = lambda spec, amx=True: amxk.amx_fits(spec, VNNI, amx)  # noqa: E731
+    assert fits(_spec(64, 56, 64, 3, 1)) and fits(_spec(512, 7, 512, 3, 1)) and fits(_spec(128, 28, 256, 3, 2))
+    assert not fits(_spec(256, 14, 512, 3, 2))          # 7 output columns at stride 2: slower than VNNI
+    assert not fits(_spec(256, 14, 512, 1, 2))          # 1x1
+    assert not fits(_spec(64, 112, 64, 7, 2))           # 7 taps wide
+    assert not fits(_spec(16, 32, 16, 3, 1))            # ResNet-8's 2.4 MMAC
+    assert not fits(_spec(64, 56, 64, 3, 1), amx=False)
+    assert not amxk.amx_fits(_spec(64, 56, 64, 3, 1), ISAS["avx2"], True)
+
+
+def test_pack_int8_uses_amx_only_on_targets_with_it():
+    """A 3x3 64->64 conv at 56x56 through PackInt8: a scheduled kernel calling tdpbusd on Sapphire Rapids, the
+    VNNI conv kernel on Ice Lake (VNNI, no AMX)."""
+    import torch
+    from torch import nn
+
+    from stochastic_shield.compile.importer import import_model
+    from stochastic_shield.compile.pipeline import optimize, pack_int8, quantize
+    from stochastic_shield.compile.quantization import QuantSpec
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1)).eval()
+    calib = np.random.default_rng(0).random((4, 64, 56, 56), dtype=np.float32)
+    qmod, _ = quantize(optimize(import_model(model, (1, 64, 56, 56))), calib, QuantSpec(calib_images=4))
+
+    def amx_kernels(mcpu):
+        mod = pack_int8(qmod, tvm.target.Target({"kind": "llvm", "mcpu": mcpu}))
+        convs = [f for gv, f in mod.functions.items() if gv.name_hint.startswith("packed_conv")]
+        assert convs
+        return [("llvm.x86.tdpbusd" in f.script()) for f in convs]
+
+    assert all(amx_kernels("sapphirerapids"))
+    assert not any(amx_kernels("icelake-server"))
