@@ -47,7 +47,7 @@ from benchmarks.tables_robustness import (
     robustness_worst,
     search_final,
 )
-from benchmarks.tables_kernels import kernels_crossover, kernels_depthwise, kernels_networks
+from benchmarks.tables_kernels import kernels_amx, kernels_crossover, kernels_depthwise, kernels_networks
 from benchmarks.tables_uncertainty import (
     certify_cost,
     certify_curve,
@@ -88,6 +88,7 @@ TABLES: dict[str, Table] = {
     "kernels.networks": Table("kernels.json", kernels_networks),
     "kernels.depthwise": Table("kernels.json", kernels_depthwise),
     "kernels.crossover": Table("kernels.json", kernels_crossover),
+    "kernels.amx": Table("amx.json", kernels_amx),
     "uncertainty.summary": Table("uncertainty/uncertainty.json", uncertainty_summary),
     "uncertainty.targets": Table("uncertainty/uncertainty.json", uncertainty_targets),
     "onnx.corpus": Table("onnx-corpus.json", onnx_corpus),

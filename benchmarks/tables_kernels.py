@@ -55,3 +55,16 @@ def kernels_crossover(res: dict) -> str:
     return (_table(["kind", "network", "MFLOP", "serial us", "parallel us", "serial / parallel"], rows, "llrrrr")
             + f"\n\nFrom this size on, every larger kernel ran faster on both cores: {mins}."
             + _footer(res, c.get("machine")))
+
+
+def kernels_amx(res: dict) -> str:
+    """Each 3x3 conv shape alone: the VNNI kernel against the AMX one, and which the compiler picks."""
+    rows = [[r["network"], f"{r['cin']}->{r['cout']} at {r['hw']}x{r['hw']}, stride {r['stride']}",
+             f"{r['macs'] / 1e6:.0f}", f"{r['vnni_us']:.1f}", f"{r['amx_us']:.1f}", f"{r['vnni_us'] / r['amx_us']:.2f}x",
+             "yes" if r["equal"] else "**no**", r["picked"]] for r in res["rows"]]
+    m = res["machine"]
+    return (_table(["network", "3x3 conv", "MMAC", "VNNI us", "AMX us", "speed-up", "outputs equal", "compiled as"],
+                   rows, "llrrrrll")
+            + f"\n\n_Each kernel built alone for the host and timed on the same random codes, the two alternating over "
+              f"{res['rounds']} rounds (medians); {res['threads']} TVM thread(s); {m['cpu']}, {m['cores']} cores, load "
+              f"{m['loadavg_start'][0]:.1f}, {res['created'][:10]}; `python benchmarks/amx.py`._")

@@ -31,18 +31,19 @@ def _run(func, spec, w_packed, x, q):
     return out.numpy()
 
 
-@pytest.mark.parametrize("cin,hw,cout,k,s,pad", [
-    (64, 14, 64, 3, 1, (1, 1, 1, 1)),    # two channel blocks per task, 14-row tiles
-    (32, 16, 48, 3, 2, (1, 1, 1, 1)),    # stride 2 (A rows 32 bytes apart), an odd number of output blocks
-    (24, 9, 40, 3, 1, (0, 2, 1, 0)),     # a partial input block, uneven padding, 7-wide rows of taps past the edge
-    (16, 12, 32, 4, 1, (2, 1, 1, 2)),    # 4 taps: every byte of an A row used
+@pytest.mark.parametrize("n,cin,hw,cout,k,s,pad", [
+    (1, 64, 14, 64, 3, 1, (1, 1, 1, 1)),    # two channel blocks per task, 14-row tiles
+    (1, 32, 16, 48, 3, 2, (1, 1, 1, 1)),    # stride 2 (A rows 32 bytes apart), an odd number of output blocks
+    (1, 24, 9, 40, 3, 1, (0, 2, 1, 0)),     # a partial input block, uneven padding, 7-wide rows, taps past the edge
+    (1, 16, 12, 32, 4, 1, (2, 1, 1, 2)),    # 4 taps: every byte of an A row used
+    (3, 32, 8, 32, 3, 1, (1, 1, 1, 1)),     # a batch (the shield's passes after a dropout layer)
 ])
-def test_amx_conv_equals_the_vnni_conv(cin, hw, cout, k, s, pad):
+def test_amx_conv_equals_the_vnni_conv(n, cin, hw, cout, k, s, pad):
     """Same random codes, weights at the int8 extremes among random ones, per-channel requantize: the AMX kernel's
     output equals the VNNI kernel's byte for byte (both compiled for this CPU)."""
     if not target_has(HOST, "amx-int8"):
         pytest.skip("this CPU has no AMX int8")
-    spec = ConvSpec(1, cin, hw, hw, cout, k, k, (s, s), (1, 1), pad, pad_code=-3)
+    spec = ConvSpec(n, cin, hw, hw, cout, k, k, (s, s), (1, 1), pad, pad_code=-3)
     rng = np.random.default_rng(cin + hw + cout)
     ep = Epilogue(bias=np.zeros(cout, np.int64), m0=rng.integers(1 << 28, 1 << 30, cout).astype(np.int64),
                   rnd=np.full(cout, 1 << 36, np.int64), n=np.full(cout, 37, np.int64), zp=3, lo=-128, hi=127)

@@ -4,6 +4,7 @@ intrinsics.py imports TVM's Arm and x86 tensor intrinsics in a second, not half 
 isa.py        which exact dot-product instruction a target has; the fixed VNNI intrinsics
 epilogue.py   bias (+128 compensation), requantize, dequantize of an anchor's accumulator
 conv.py       packed conv2d (+ max pool), its TE definition, weight packing and default schedule
+amx.py        large 3x3 convs on Intel AMX tiles (targets with amx-int8), written scheduled, bit-exact with conv.py
 dense.py      packed dense, the same
 depthwise.py  packed depthwise conv2d: 16 channels per vector; taps on vpdpbusd (VNNI), on vpmaddwd in row
               pairs (AVX2, stride 1), else unrolled with int16 products summed in int32

@@ -1,0 +1,114 @@
+"""Benchmark: the AMX conv kernel against the VNNI conv kernel on ResNet-18's 3x3 convs, alone, interleaved.
+
+    python benchmarks/amx.py [--rounds 5] [--threads 1]     # needs a CPU with AMX int8 (Sapphire Rapids on)
+
+Each distinct 3x3 conv shape of ResNet-18 at 224 (and ResNet-8's, which stay on VNNI) is built both ways for the
+host (compile/kernels/conv.py with its default schedule, compile/kernels/amx.py) and timed alone on the same
+random codes, the two alternating round by round; the outputs must be equal byte for byte. The last column says
+which one the compiler picks (amx.amx_fits). Results: benchmarks/results/amx.json (after every shape: a rerun
+resumes), and a table printed; docs/kernels.md renders it (benchmarks/tables.py).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+OUT = ROOT / "benchmarks" / "results" / "amx.json"
+# (network, cin, input size, cout, stride): ResNet-18's 3x3 convs at 224, then ResNet-8's (CIFAR, 32x32)
+SHAPES = [("resnet18", 64, 56, 64, 1), ("resnet18", 64, 56, 128, 2), ("resnet18", 128, 28, 128, 1),
+          ("resnet18", 128, 28, 256, 2), ("resnet18", 256, 14, 256, 1), ("resnet18", 256, 14, 512, 2),
+          ("resnet18", 512, 7, 512, 1), ("resnet8", 16, 32, 16, 1), ("resnet8", 32, 16, 32, 1),
+          ("resnet8", 64, 8, 64, 1)]
+
+
+def _build(func, name: str, target, args):
+    """(time evaluator, output) of FUNC compiled alone and run once on ARGS (the output buffer last)."""
+    import tvm
+
+    f = tvm.compile(tvm.IRModule({name: func.with_attr("global_symbol", name)}), target=target).jit()
+    f[name](*args)
+    return f.time_evaluator(name, tvm.cpu(), number=5, repeat=5, min_repeat_ms=30), args[-1].numpy()
+
+
+def measure(shape: tuple, rounds: int, threads: int) -> dict:
+    import tvm
+
+    from stochastic_shield.compile.kernels import amx as amxk
+    from stochastic_shield.compile.kernels.conv import ConvSpec, conv_func, input_shape, output_shape, \
+        pack_weights, schedule_conv
+    from stochastic_shield.compile.kernels.epilogue import Epilogue, blocks
+    from stochastic_shield.compile.kernels.isa import ISAS
+    from stochastic_shield.targets import get_board
+
+    net, cin, hw, cout, s = shape
+    isa, target = ISAS["vnni512"], get_board("host").tvm_target()
+    spec = ConvSpec(1, cin, hw, hw, cout, 3, 3, (s, s), (1, 1), (1, 1, 1, 1), pad_code=-3)
+    rng = np.random.default_rng(0)
+    ep = Epilogue(bias=np.zeros(cout, np.int64), m0=np.full(cout, 1 << 29, np.int64),
+                  rnd=np.full(cout, 1 << 36, np.int64), n=np.full(cout, 37, np.int64))
+    w = rng.integers(-128, 128, (cout, cin, 3, 3)).astype(np.int8)
+    cb = blocks(cout)
+    inputs = [tvm.runtime.tensor(a) for a in (
+        rng.integers(0, 256, input_shape(spec)).astype(np.uint8), rng.integers(-9999, 9999, (cb, 16)).astype(np.int32),
+        np.full((cb, 16), 1 << 29, np.int32), np.full((cb, 16), 1 << 36, np.int64), np.full((cb, 16), 37, np.int64))]
+    x, q = inputs[0], inputs[1:]
+
+    def args(packed):
+        return [x, tvm.runtime.tensor(packed), *q, tvm.runtime.tensor(np.zeros(output_shape(spec), np.uint8))]
+
+    a_vnni, a_amx = args(pack_weights(spec, w)), args(amxk.pack_weights_amx(spec, w))
+    vnni, want = _build(schedule_conv(conv_func(spec, ep, isa), isa, threads > 1).mod["main"], "vnni", target, a_vnni)
+    amx, got = _build(amxk.conv_func_amx(spec, ep, isa), "amx", target, a_amx)
+    times: dict = {"vnni": [], "amx": []}
+    for _ in range(rounds):  # alternating: load changes hit both alike
+        times["vnni"].append(float(np.median(vnni(*a_vnni).results)) * 1e6)
+        times["amx"].append(float(np.median(amx(*a_amx).results)) * 1e6)
+    return {"network": net, "cin": cin, "hw": hw, "cout": cout, "stride": s, "macs": spec.macs,
+            "vnni_us": float(np.median(times["vnni"])), "amx_us": float(np.median(times["amx"])),
+            "equal": bool(np.array_equal(want, got)), "picked": "amx" if amxk.amx_fits(spec, isa, True) else "vnni"}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--fresh", action="store_true")
+    args = p.parse_args()
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    from stochastic_shield.compile.kernels.isa import target_has
+    from stochastic_shield.targets import get_board
+    from benchmarks.quantization import machine_info
+    from stochastic_shield._atomic import write_json
+
+    if not target_has(get_board("host").tvm_target(), "amx-int8"):
+        sys.exit("amx.py: this CPU has no AMX int8 (the host board's target lacks amx-int8)")
+    res = {} if args.fresh or not OUT.exists() else json.loads(OUT.read_text())
+    if res.get("threads") not in (None, args.threads):
+        res = {}
+    res.update({"threads": args.threads, "rounds": args.rounds, "machine": machine_info(),
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="minutes")})
+    rows = {tuple(r["shape"]): r for r in res.get("rows", [])}
+    for shape in SHAPES:
+        if tuple(shape) in rows:
+            continue
+        r = measure(shape, args.rounds, args.threads)
+        rows[tuple(shape)] = {"shape": list(shape), **r}
+        res["rows"] = [rows[tuple(s)] for s in SHAPES if tuple(s) in rows]
+        write_json(OUT, res)  # after every shape, atomically: an interrupted run resumes
+        print(f"{shape}: vnni {r['vnni_us']:.1f} us, amx {r['amx_us']:.1f} us, equal {r['equal']}", file=sys.stderr)
+    from benchmarks.tables_kernels import kernels_amx
+
+    print(kernels_amx(res))
+
+
+if __name__ == "__main__":
+    main()
