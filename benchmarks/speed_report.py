@@ -258,7 +258,7 @@ if __name__ == "__main__":
     print(markdown(data))
 
 
-EARLIER = ("speed-xeon-amx.json", "speed-epyc-vnni.json")   # earlier runs of this benchmark on other CPUs, oldest first
+EARLIER = ("speed-xeon-amx.json", "speed-epyc-vnni.json", "speed-epyc-avx2.json")   # earlier runs, oldest first
 
 
 def _isa_words(res: dict) -> str:
