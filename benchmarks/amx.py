@@ -2,8 +2,8 @@
 
     python benchmarks/amx.py [--rounds 5] [--threads 1]     # needs a CPU with AMX int8 (Sapphire Rapids on)
 
-Each distinct 3x3 conv shape of ResNet-18 at 224 (and ResNet-8's, which stay on VNNI) is built both ways for the
-host (compile/kernels/conv.py with its default schedule, compile/kernels/amx.py) and timed alone on the same
+Each distinct 3x3 conv shape of ResNet-18 at 224 (and ResNet-8's, which stay on VNNI), and the shipped model's
+first dense layer on the shield's T rows, is built both ways for the host (compile/kernels/conv.py with its default schedule, compile/kernels/amx.py) and timed alone on the same
 random codes, the two alternating round by round; the outputs must be equal byte for byte. The last column says
 which one the compiler picks (amx.amx_fits). Results: benchmarks/results/amx.json (after every shape: a rerun
 resumes), and a table printed; docs/kernels.md renders it (benchmarks/tables.py).
@@ -28,6 +28,8 @@ SHAPES = [("resnet18", 64, 56, 64, 1), ("resnet18", 64, 56, 128, 2), ("resnet18"
           ("resnet18", 128, 28, 256, 2), ("resnet18", 256, 14, 256, 1), ("resnet18", 256, 14, 512, 2),
           ("resnet18", 512, 7, 512, 1), ("resnet8", 16, 32, 16, 1), ("resnet8", 32, 16, 32, 1),
           ("resnet8", 64, 8, 64, 1)]
+# (network, rows, K, outputs): dense layers, requantized: the shipped model's first one on the shield's T rows
+DENSE = [("fashion_cnn T=32", 32, 3136, 128), ("fashion_cnn T=16", 16, 3136, 128), ("fashion_cnn T=8", 8, 3136, 128)]
 
 
 def _build(func, name: str, target, args):
@@ -77,6 +79,49 @@ def measure(shape: tuple, rounds: int, threads: int) -> dict:
             "equal": bool(np.array_equal(want, got)), "picked": "amx" if amxk.amx_fits(spec, isa, True) else "vnni"}
 
 
+def measure_dense(shape: tuple, rounds: int, threads: int) -> dict:
+    import tvm
+
+    from stochastic_shield.compile.kernels import amx as amxk
+    from stochastic_shield.compile.kernels import dense as densek
+    from stochastic_shield.compile.kernels.epilogue import BLOCK, Epilogue, blocks
+    from stochastic_shield.compile.kernels.isa import ISAS
+    from stochastic_shield.targets import get_board
+
+    net, n, kp, o = shape
+    isa, target = ISAS["vnni512"], get_board("host").tvm_target()
+    rng = np.random.default_rng(0)
+    ep = Epilogue(bias=np.zeros(o, np.int64), m0=np.full(o, 1 << 29, np.int64), rnd=np.full(o, 1 << 36, np.int64),
+                  n=np.full(o, 37, np.int64))
+    ob = blocks(o)
+    args = [tvm.runtime.tensor(a) for a in (
+        rng.integers(0, 256, (n, kp)).astype(np.uint8),
+        densek.pack_weights(rng.integers(-128, 128, (kp, o)).astype(np.int8), np.arange(kp)),
+        rng.integers(-9999, 9999, (ob, 16)).astype(np.int32), np.full((ob, 16), 1 << 29, np.int32),
+        np.full((ob, 16), 1 << 36, np.int64), np.full((ob, 16), 37, np.int64))]
+
+    def with_out():
+        return [*args, tvm.runtime.tensor(np.zeros((n, ob, BLOCK), np.uint8))]
+
+    with target:
+        sch = densek.schedule_dense(densek.dense_func(n, kp, o, ep, isa), isa, threads > 1).mod["main"]
+    a_vnni, a_amx = with_out(), with_out()
+    vnni, want = _build(sch, "vnni", target, a_vnni)
+    if n % 16:  # AMX takes whole 16-row tiles: only the VNNI kernel runs
+        amx, got = None, want
+    else:
+        amx, got = _build(amxk.dense_func_amx(n, kp, o, ep, isa), "amx", target, a_amx)
+    times: dict = {"vnni": [], "amx": []}
+    for _ in range(rounds):
+        times["vnni"].append(float(np.median(vnni(*a_vnni).results)) * 1e6)
+        if amx is not None:
+            times["amx"].append(float(np.median(amx(*a_amx).results)) * 1e6)
+    return {"network": net, "rows": n, "k": kp, "outputs": o, "macs": n * kp * o,
+            "vnni_us": float(np.median(times["vnni"])),
+            "amx_us": float(np.median(times["amx"])) if times["amx"] else None, "equal": bool(np.array_equal(want, got)),
+            "picked": "amx" if amxk.dense_fits(n, kp, o, ep, isa, True) else "vnni"}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5)
@@ -105,6 +150,12 @@ def main() -> None:
         res["rows"] = [rows[tuple(s)] for s in SHAPES if tuple(s) in rows]
         write_json(OUT, res)  # after every shape, atomically: an interrupted run resumes
         print(f"{shape}: vnni {r['vnni_us']:.1f} us, amx {r['amx_us']:.1f} us, equal {r['equal']}", file=sys.stderr)
+    dense = {tuple(r["shape"]): r for r in res.get("dense", [])}
+    for shape in DENSE:
+        if tuple(shape) not in dense:
+            dense[tuple(shape)] = {"shape": list(shape), **measure_dense(shape, args.rounds, args.threads)}
+            res["dense"] = [dense[tuple(s)] for s in DENSE if tuple(s) in dense]
+            write_json(OUT, res)
     from benchmarks.tables_kernels import kernels_amx
 
     print(kernels_amx(res))

@@ -58,12 +58,18 @@ def kernels_crossover(res: dict) -> str:
 
 
 def kernels_amx(res: dict) -> str:
-    """Each 3x3 conv shape alone: the VNNI kernel against the AMX one, and which the compiler picks."""
+    """Each 3x3 conv shape and dense layer alone: the VNNI kernel against the AMX one, and which the compiler picks
+    (a dense layer short of a 16-row tile has no AMX form: '-')."""
     rows = [[r["network"], f"{r['cin']}->{r['cout']} at {r['hw']}x{r['hw']}, stride {r['stride']}",
              f"{r['macs'] / 1e6:.0f}", f"{r['vnni_us']:.1f}", f"{r['amx_us']:.1f}", f"{r['vnni_us'] / r['amx_us']:.2f}x",
              "yes" if r["equal"] else "**no**", r["picked"]] for r in res["rows"]]
+    for r in res.get("dense", []):
+        amx = r["amx_us"]
+        rows.append([r["network"], f"dense {r['rows']} rows x {r['k']} -> {r['outputs']}", f"{r['macs'] / 1e6:.0f}",
+                     f"{r['vnni_us']:.1f}", "-" if amx is None else f"{amx:.1f}",
+                     "-" if amx is None else f"{r['vnni_us'] / amx:.2f}x", "yes" if r["equal"] else "**no**", r["picked"]])
     m = res["machine"]
-    return (_table(["network", "3x3 conv", "MMAC", "VNNI us", "AMX us", "speed-up", "outputs equal", "compiled as"],
+    return (_table(["network", "layer", "MMAC", "VNNI us", "AMX us", "speed-up", "outputs equal", "compiled as"],
                    rows, "llrrrrll")
             + f"\n\n_Each kernel built alone for the host and timed on the same random codes, the two alternating over "
               f"{res['rounds']} rounds (medians); {res['threads']} TVM thread(s); {m['cpu']}, {m['cores']} cores, load "

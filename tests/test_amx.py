@@ -60,9 +60,38 @@ def test_amx_conv_equals_the_vnni_conv(n, cin, hw, cout, k, s, pad):
     np.testing.assert_array_equal(got, want)
 
 
-def test_amx_takes_the_large_3x3_convs_only():
+@pytest.mark.parametrize("n,kp,o", [(32, 3136, 128), (16, 128, 48), (64, 256, 32)])
+def test_amx_dense_equals_the_vnni_dense(n, kp, o):
+    """The shield's wide dense layer on 32 rows (2 x 2 tiles per task), an odd number of output blocks, 64 rows:
+    byte for byte the VNNI dense kernel's output. (test_kernels' shield test runs it inside the model.)"""
+    from stochastic_shield.compile.kernels import dense as densek
+
+    if not target_has(HOST, "amx-int8"):
+        pytest.skip("this CPU has no AMX int8")
+    rng = np.random.default_rng(n + kp + o)
+    ep = Epilogue(bias=np.zeros(o, np.int64), m0=np.full(o, 1 << 29, np.int64), rnd=np.full(o, 1 << 36, np.int64),
+                  n=np.full(o, 37, np.int64), zp=2)
+    ob = blocks(o)
+    w = densek.pack_weights(rng.integers(-128, 128, (kp, o)).astype(np.int8), np.arange(kp))
+    x = rng.integers(0, 256, (n, kp)).astype(np.uint8)
+    q = [rng.integers(-9999, 9999, (ob, 16)).astype(np.int32), rng.integers(1 << 27, 1 << 30, (ob, 16)).astype(np.int32),
+         np.full((ob, 16), 1 << 36, np.int64), np.full((ob, 16), 37, np.int64)]
+    with HOST:
+        vnni = densek.schedule_dense(densek.dense_func(n, kp, o, ep, VNNI), VNNI, False).mod["main"]
+    outs = []
+    for f in (vnni, amxk.dense_func_amx(n, kp, o, ep, VNNI)):
+        lib = tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=HOST)
+        out = tvm.runtime.tensor(np.zeros((n, ob, 16), np.uint8))
+        lib["main"](*[tvm.runtime.tensor(a) for a in [x, w, *q]], out)
+        outs.append(out.numpy())
+    assert len(np.unique(outs[0])) > 20
+    np.testing.assert_array_equal(outs[1], outs[0])
+
+
+def test_amx_takes_the_large_3x3_convs_and_dense_layers_only():
     """On an AMX target: ResNet-18's 3x3 convs (stride 1, and stride 2 with 14 output columns or more); not the
-    1x1, 7x7 or small ones, a stride-2 conv down to 7 columns, or any conv where the target has no AMX."""
+    1x1, 7x7 or small ones, a stride-2 conv down to 7 columns, or any conv where the target has no AMX; dense
+    layers of whole 16-row tiles and 64-byte rows, requantized (the shield's passes of its first dense layer)."""
     fits = lambda spec, amx=True: amxk.amx_fits(spec, VNNI, amx)  # noqa: E731
     assert fits(_spec(64, 56, 64, 3, 1)) and fits(_spec(512, 7, 512, 3, 1)) and fits(_spec(128, 28, 256, 3, 2))
     assert not fits(_spec(256, 14, 512, 3, 2))          # 7 output columns at stride 2: slower than VNNI
@@ -71,6 +100,14 @@ def test_amx_takes_the_large_3x3_convs_only():
     assert not fits(_spec(16, 32, 16, 3, 1))            # ResNet-8's 2.4 MMAC
     assert not fits(_spec(64, 56, 64, 3, 1), amx=False)
     assert not amxk.amx_fits(_spec(64, 56, 64, 3, 1), ISAS["avx2"], True)
+    ep = Epilogue(bias=np.zeros(128, np.int64), m0=np.ones(128, np.int64), rnd=np.zeros(128, np.int64),
+                  n=np.full(128, 37, np.int64))
+    dense = lambda n, kp, e=ep, amx=True: amxk.dense_fits(n, kp, 128, e, VNNI, amx)  # noqa: E731
+    assert dense(32, 3136) and dense(16, 3136)           # the shield's fc1 on T = 32 (16) rows
+    assert not dense(1, 3136) and not dense(8, 3136)      # one image, T = 8: rows short of a tile
+    assert not dense(32, 3120) and not dense(32, 64)      # K not whole tile rows; too small
+    assert not dense(32, 3136, Epilogue(bias=ep.bias, out_scale=np.ones(128)))  # logits stay VNNI
+    assert not dense(32, 3136, amx=False)
 
 
 def test_pack_int8_uses_amx_only_on_targets_with_it():

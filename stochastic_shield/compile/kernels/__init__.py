@@ -4,7 +4,8 @@ intrinsics.py imports TVM's Arm and x86 tensor intrinsics in a second, not half 
 isa.py        which exact dot-product instruction a target has; the fixed VNNI intrinsics
 epilogue.py   bias (+128 compensation), requantize, dequantize of an anchor's accumulator
 conv.py       packed conv2d (+ max pool), its TE definition, weight packing and default schedule
-amx.py        large 3x3 convs on Intel AMX tiles (targets with amx-int8), written scheduled, bit-exact with conv.py
+amx.py        large 3x3 convs and dense layers of 16+ rows on Intel AMX tiles (amx-int8 targets), written
+              scheduled, bit-exact with conv.py / dense.py
 dense.py      packed dense, the same
 depthwise.py  packed depthwise conv2d: 16 channels per vector; taps on vpdpbusd (VNNI), on vpmaddwd in row
               pairs (AVX2, stride 1), else unrolled with int16 products summed in int32

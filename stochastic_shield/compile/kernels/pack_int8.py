@@ -209,8 +209,13 @@ class Rewriter:
             self.env[a.out] = self._call("packed_dense", func, "dense", args, relax.TensorType((n, o), "float32"))
             return
         args = [x, _c(w), *[_c(q) for q in requant_arrays(a.ep, bias, blocks(o))]]
-        y = self._call("packed_dense", func, "dense", args,
-                       relax.TensorType((n, blocks(o), BLOCK), self.isa.act_dtype))
+        out_ty = relax.TensorType((n, blocks(o), BLOCK), self.isa.act_dtype)
+        if amxk.dense_fits(n, kp, o, a.ep, self.isa, self.amx):  # written scheduled, as the AMX convs
+            gv = self.bb.add_func(amxk.dense_func_amx(n, kp, o, a.ep, self.isa).with_attr("op_pattern", 8),
+                                  "packed_dense")
+            y = self.bb.emit(relax.call_tir(gv, args, out_ty))
+        else:
+            y = self._call("packed_dense", func, "dense", args, out_ty)
         y = self.bb.emit(relax.op.reshape(y, (n, blocks(o) * BLOCK)))
         self.packed[a.out] = (y, layout.Packed("flat", n, o, kp=blocks(o) * BLOCK))
 
