@@ -9,8 +9,9 @@ the kernel is bit-exact with it. The reduction of one tile step is (kw, channel)
 holds 4 adjacent input pixels x 16 channels from pixel (x0 + m) * stride on (so rows overlap when the stride is
 below 4; a tile load takes any row stride), B's row kw * 4 + icf the 16 output channels' 4 bytes of channels
 icf * 4 .. + 3 at that tap; taps past the kernel's width have weight 0. Steps: input channel blocks x kernel
-rows. A tile of M output pixels (M = the largest divisor of the output width up to 16) and 16 output channels
-per (image, channel block, output row), those triples split over the threads.
+rows. Tiles of M output pixels (M = the largest divisor of the output width up to 16) by 16 output channels, two
+channel blocks sharing each A tile when their count is even; (image, block pair, output row) triples are split
+over the threads.
 
 The dense kernel (dense_func_amx) takes dense.py's layouts as they are, for layers of whole 16-row tiles: the
 shield's T passes of a wide layer (the shipped model's first dense layer on 32 rows: 3.4x as fast alone).
