@@ -1,12 +1,13 @@
-"""Benchmark: the AMX conv kernel against the VNNI conv kernel on ResNet-18's 3x3 convs, alone, interleaved.
+"""Benchmark: the AMX kernels against the VNNI ones (3x3 convs, dense layers), each alone, interleaved.
 
     python benchmarks/amx.py [--rounds 5] [--threads 1]     # needs a CPU with AMX int8 (Sapphire Rapids on)
 
 Each distinct 3x3 conv shape of ResNet-18 at 224 (and ResNet-8's, which stay on VNNI), and the shipped model's
-first dense layer on the shield's T rows, is built both ways for the host (compile/kernels/conv.py with its default schedule, compile/kernels/amx.py) and timed alone on the same
-random codes, the two alternating round by round; the outputs must be equal byte for byte. The last column says
-which one the compiler picks (amx.amx_fits). Results: benchmarks/results/amx.json (after every shape: a rerun
-resumes), and a table printed; docs/kernels.md renders it (benchmarks/tables.py).
+first dense layer on the shield's T rows, is built both ways for the host (conv.py / dense.py with their default
+schedules, amx.py) and timed alone on the same random codes, the two alternating round by round; the outputs
+must be equal byte for byte. The last column says which one the compiler picks (amx_fits, dense_fits). Results:
+benchmarks/results/amx.json (after every layer: a rerun resumes), and a table printed; docs/kernels.md renders
+it (benchmarks/tables.py).
 """
 from __future__ import annotations
 
@@ -32,93 +33,96 @@ SHAPES = [("resnet18", 64, 56, 64, 1), ("resnet18", 64, 56, 128, 2), ("resnet18"
 DENSE = [("fashion_cnn T=32", 32, 3136, 128), ("fashion_cnn T=16", 16, 3136, 128), ("fashion_cnn T=8", 8, 3136, 128)]
 
 
-def _build(func, name: str, target, args):
-    """(time evaluator, output) of FUNC compiled alone and run once on ARGS (the output buffer last)."""
+def _build(func, name: str, args):
+    """(time evaluator, output) of FUNC compiled alone for the host and run once on ARGS (the output buffer last)."""
     import tvm
 
-    f = tvm.compile(tvm.IRModule({name: func.with_attr("global_symbol", name)}), target=target).jit()
+    from stochastic_shield.targets import get_board
+
+    f = tvm.compile(tvm.IRModule({name: func.with_attr("global_symbol", name)}), target=get_board("host").tvm_target())
+    f = f.jit()
     f[name](*args)
     return f.time_evaluator(name, tvm.cpu(), number=5, repeat=5, min_repeat_ms=30), args[-1].numpy()
 
 
-def measure(shape: tuple, rounds: int, threads: int) -> dict:
+def _versus(vnni: tuple, amx: tuple | None, rounds: int) -> dict:
+    """VNNI and AMX (func, args) built and timed alternately (load changes hit both alike); AMX None: VNNI
+    only."""
+    ev_v, want = _build(vnni[0], "vnni", vnni[1])
+    ev_a, got = _build(amx[0], "amx", amx[1]) if amx else (None, want)
+    times: dict = {"vnni": [], "amx": []}
+    for _ in range(rounds):
+        times["vnni"].append(float(np.median(ev_v(*vnni[1]).results)) * 1e6)
+        if ev_a is not None:
+            times["amx"].append(float(np.median(ev_a(*amx[1]).results)) * 1e6)
+    return {"vnni_us": float(np.median(times["vnni"])),
+            "amx_us": float(np.median(times["amx"])) if times["amx"] else None,
+            "equal": bool(np.array_equal(want, got))}
+
+
+def _requant(o: int, rng) -> tuple:
+    """(Epilogue, its kernel arrays) of a requantize of O channels: m0 2^29, shift 37, random compensated bias."""
+    from stochastic_shield.compile.kernels.epilogue import Epilogue, blocks
+
+    cb = blocks(o)
+    ep = Epilogue(bias=np.zeros(o, np.int64), m0=np.full(o, 1 << 29, np.int64), rnd=np.full(o, 1 << 36, np.int64),
+                  n=np.full(o, 37, np.int64))
+    return ep, [rng.integers(-9999, 9999, (cb, 16)).astype(np.int32), np.full((cb, 16), 1 << 29, np.int32),
+                np.full((cb, 16), 1 << 36, np.int64), np.full((cb, 16), 37, np.int64)]
+
+
+def _tensors(*arrays) -> list:
     import tvm
 
+    return [tvm.runtime.tensor(a) for a in arrays]
+
+
+def measure(shape: tuple, rounds: int, threads: int) -> dict:
     from stochastic_shield.compile.kernels import amx as amxk
     from stochastic_shield.compile.kernels.conv import ConvSpec, conv_func, input_shape, output_shape, \
         pack_weights, schedule_conv
-    from stochastic_shield.compile.kernels.epilogue import Epilogue, blocks
     from stochastic_shield.compile.kernels.isa import ISAS
-    from stochastic_shield.targets import get_board
 
     net, cin, hw, cout, s = shape
-    isa, target = ISAS["vnni512"], get_board("host").tvm_target()
+    isa = ISAS["vnni512"]
     spec = ConvSpec(1, cin, hw, hw, cout, 3, 3, (s, s), (1, 1), (1, 1, 1, 1), pad_code=-3)
     rng = np.random.default_rng(0)
-    ep = Epilogue(bias=np.zeros(cout, np.int64), m0=np.full(cout, 1 << 29, np.int64),
-                  rnd=np.full(cout, 1 << 36, np.int64), n=np.full(cout, 37, np.int64))
+    ep, q = _requant(cout, rng)
     w = rng.integers(-128, 128, (cout, cin, 3, 3)).astype(np.int8)
-    cb = blocks(cout)
-    inputs = [tvm.runtime.tensor(a) for a in (
-        rng.integers(0, 256, input_shape(spec)).astype(np.uint8), rng.integers(-9999, 9999, (cb, 16)).astype(np.int32),
-        np.full((cb, 16), 1 << 29, np.int32), np.full((cb, 16), 1 << 36, np.int64), np.full((cb, 16), 37, np.int64))]
-    x, q = inputs[0], inputs[1:]
+    x = rng.integers(0, 256, input_shape(spec)).astype(np.uint8)
 
     def args(packed):
-        return [x, tvm.runtime.tensor(packed), *q, tvm.runtime.tensor(np.zeros(output_shape(spec), np.uint8))]
+        return _tensors(x, packed, *q, np.zeros(output_shape(spec), np.uint8))
 
-    a_vnni, a_amx = args(pack_weights(spec, w)), args(amxk.pack_weights_amx(spec, w))
-    vnni, want = _build(schedule_conv(conv_func(spec, ep, isa), isa, threads > 1).mod["main"], "vnni", target, a_vnni)
-    amx, got = _build(amxk.conv_func_amx(spec, ep, isa), "amx", target, a_amx)
-    times: dict = {"vnni": [], "amx": []}
-    for _ in range(rounds):  # alternating: load changes hit both alike
-        times["vnni"].append(float(np.median(vnni(*a_vnni).results)) * 1e6)
-        times["amx"].append(float(np.median(amx(*a_amx).results)) * 1e6)
-    return {"network": net, "cin": cin, "hw": hw, "cout": cout, "stride": s, "macs": spec.macs,
-            "vnni_us": float(np.median(times["vnni"])), "amx_us": float(np.median(times["amx"])),
-            "equal": bool(np.array_equal(want, got)), "picked": "amx" if amxk.amx_fits(spec, isa, True) else "vnni"}
+    r = _versus((schedule_conv(conv_func(spec, ep, isa), isa, threads > 1).mod["main"], args(pack_weights(spec, w))),
+                (amxk.conv_func_amx(spec, ep, isa), args(amxk.pack_weights_amx(spec, w))), rounds)
+    return {"network": net, "cin": cin, "hw": hw, "cout": cout, "stride": s, "macs": spec.macs, **r,
+            "picked": "amx" if amxk.amx_fits(spec, isa, True) else "vnni"}
 
 
 def measure_dense(shape: tuple, rounds: int, threads: int) -> dict:
-    import tvm
-
     from stochastic_shield.compile.kernels import amx as amxk
     from stochastic_shield.compile.kernels import dense as densek
-    from stochastic_shield.compile.kernels.epilogue import BLOCK, Epilogue, blocks
+    from stochastic_shield.compile.kernels.epilogue import BLOCK, blocks
     from stochastic_shield.compile.kernels.isa import ISAS
     from stochastic_shield.targets import get_board
 
     net, n, kp, o = shape
-    isa, target = ISAS["vnni512"], get_board("host").tvm_target()
+    isa = ISAS["vnni512"]
     rng = np.random.default_rng(0)
-    ep = Epilogue(bias=np.zeros(o, np.int64), m0=np.full(o, 1 << 29, np.int64), rnd=np.full(o, 1 << 36, np.int64),
-                  n=np.full(o, 37, np.int64))
-    ob = blocks(o)
-    args = [tvm.runtime.tensor(a) for a in (
-        rng.integers(0, 256, (n, kp)).astype(np.uint8),
-        densek.pack_weights(rng.integers(-128, 128, (kp, o)).astype(np.int8), np.arange(kp)),
-        rng.integers(-9999, 9999, (ob, 16)).astype(np.int32), np.full((ob, 16), 1 << 29, np.int32),
-        np.full((ob, 16), 1 << 36, np.int64), np.full((ob, 16), 37, np.int64))]
+    ep, q = _requant(o, rng)
+    x = rng.integers(0, 256, (n, kp)).astype(np.uint8)
+    w = densek.pack_weights(rng.integers(-128, 128, (kp, o)).astype(np.int8), np.arange(kp))
 
-    def with_out():
-        return [*args, tvm.runtime.tensor(np.zeros((n, ob, BLOCK), np.uint8))]
+    def args():
+        return _tensors(x, w, *q, np.zeros((n, blocks(o), BLOCK), np.uint8))
 
-    with target:
-        sch = densek.schedule_dense(densek.dense_func(n, kp, o, ep, isa), isa, threads > 1).mod["main"]
-    a_vnni, a_amx = with_out(), with_out()
-    vnni, want = _build(sch, "vnni", target, a_vnni)
-    if n % 16:  # AMX takes whole 16-row tiles: only the VNNI kernel runs
-        amx, got = None, want
-    else:
-        amx, got = _build(amxk.dense_func_amx(n, kp, o, ep, isa), "amx", target, a_amx)
-    times: dict = {"vnni": [], "amx": []}
-    for _ in range(rounds):
-        times["vnni"].append(float(np.median(vnni(*a_vnni).results)) * 1e6)
-        if amx is not None:
-            times["amx"].append(float(np.median(amx(*a_amx).results)) * 1e6)
-    return {"network": net, "rows": n, "k": kp, "outputs": o, "macs": n * kp * o,
-            "vnni_us": float(np.median(times["vnni"])),
-            "amx_us": float(np.median(times["amx"])) if times["amx"] else None, "equal": bool(np.array_equal(want, got)),
+    with get_board("host").tvm_target():
+        vnni = densek.schedule_dense(densek.dense_func(n, kp, o, ep, isa), isa, threads > 1).mod["main"]
+    # AMX takes whole 16-row tiles: shorter layers have no AMX form
+    amx = (amxk.dense_func_amx(n, kp, o, ep, isa), args()) if n % 16 == 0 else None
+    r = _versus((vnni, args()), amx, rounds)
+    return {"network": net, "rows": n, "k": kp, "outputs": o, "macs": n * kp * o, **r,
             "picked": "amx" if amxk.dense_fits(n, kp, o, ep, isa, True) else "vnni"}
 
 

@@ -14,7 +14,7 @@ channel blocks sharing each A tile when their count is even; (image, block pair,
 over the threads.
 
 The dense kernel (dense_func_amx) takes dense.py's layouts as they are, for layers of whole 16-row tiles: the
-shield's T passes of a wide layer (the shipped model's first dense layer on 32 rows: 3.4x as fast alone).
+shield's T passes of a wide layer (the shipped model's first dense layer on 32 rows: about 3x as fast alone).
 
 Linux hands out AMX's tile state only on request (arch_prctl ARCH_REQ_XCOMP_PERM): the kernel asks on every
 call (one syscall; granted once per process), and each thread loads its tile configuration.
@@ -45,12 +45,12 @@ def tile_permission():
                          T.int64(_XFEATURE_XTILEDATA))
 
 
-def amx_fits(spec: ConvSpec, isa: Isa, amx: bool) -> bool:
+def amx_fits(spec: ConvSpec, isa: Isa, has_amx: bool) -> bool:
     """AMX for a packed-input conv without pool or dilation, 3 or 4 taps wide (1x1: 3/4 of each A row would be
     zero taps), large enough to pay. Alone, 1 thread, against the VNNI kernel: 3x3 at stride 1 2.0-2.3x as fast
     from 14 columns on, 1.1x at 7; at stride 2 1.6x from 14 output columns, 0.88x at 7 (tiles of 7 rows)."""
     oh, ow = spec.conv_hw
-    return (amx and isa.name == "vnni512" and not spec.rows and spec.pool is None and 3 <= spec.kw <= TAPS
+    return (has_amx and isa.name == "vnni512" and not spec.rows and spec.pool is None and 3 <= spec.kw <= TAPS
             and spec.dilation == (1, 1) and spec.macs >= AMX_MIN_MACS and oh > 0 and ow > 0
             and (spec.strides[1] == 1 or divisor_at_most(ow, 16) >= 8))
 
@@ -138,12 +138,12 @@ def conv_func_amx(spec: ConvSpec, ep: Epilogue, isa: Isa):
                             acc[cc, j, k], bias[c0 + cc, k], m0[c0 + cc, k], rnd[c0 + cc, k], shift[c0 + cc, k])
             T.evaluate(amx("tilerelease"))
 
-    return kernel.without_attr("global_symbol").with_attr("tirx.is_scheduled", True)
+    return kernel.with_attr("tirx.is_scheduled", True)
 
 
-def dense_fits(n: int, kp: int, o: int, ep: Epilogue, isa: Isa, amx_: bool) -> bool:
+def dense_fits(n: int, kp: int, o: int, ep: Epilogue, isa: Isa, has_amx: bool) -> bool:
     """AMX for a requantized dense layer of 16 rows or more (whole tiles), K in whole 64-byte tile rows."""
-    return (amx_ and isa.name == "vnni512" and not ep.final and n % 16 == 0 and kp % 64 == 0
+    return (has_amx and isa.name == "vnni512" and not ep.final and n % 16 == 0 and kp % 64 == 0
             and n * kp * o >= DENSE_MIN_MACS)
 
 
@@ -213,4 +213,4 @@ def dense_func_amx(n: int, kp: int, o: int, ep: Epilogue, isa: Isa):
                                                            rnd[c0 + j, k], shift[c0 + j, k])
             T.evaluate(amx("tilerelease"))
 
-    return kernel.without_attr("global_symbol").with_attr("tirx.is_scheduled", True)
+    return kernel.with_attr("tirx.is_scheduled", True)

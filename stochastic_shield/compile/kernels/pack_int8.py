@@ -162,9 +162,12 @@ class Rewriter:
 
     # ---- kernels
 
-    def _call(self, name: str, func, kind: str, args: list, out_ty):
+    def _call(self, name: str, func, kind: str | None, args: list, out_ty):
+        """Add FUNC and call it. KIND: which default schedule applies (schedule.py); None: FUNC is written
+        scheduled (no default schedule, not a tuning task)."""
         # opaque (8): FuseOps leaves it alone; no symbol of its own: exported under its unique GlobalVar name
-        func = func.without_attr("global_symbol").with_attrs({KERNEL_ATTR: kind, ISA_ATTR: self.isa.name, "op_pattern": 8})
+        attrs = {"op_pattern": 8} if kind is None else {KERNEL_ATTR: kind, ISA_ATTR: self.isa.name, "op_pattern": 8}
+        func = func.without_attr("global_symbol").with_attrs(attrs)
         gv = self.bb.add_func(func, name)
         return self.bb.emit(relax.call_tir(gv, args, out_ty))
 
@@ -176,9 +179,9 @@ class Rewriter:
         bias = compensated_bias(a.ep, a.w.reshape(o, -1).astype(np.int64).sum(1), self.isa.shift)
         q = [_c(v) for v in requant_arrays(a.ep, bias, blocks(o))]
         out_ty = relax.TensorType(convk.output_shape(spec), self.isa.act_dtype)
-        if amxk.amx_fits(spec, self.isa, self.amx):  # written scheduled: no default schedule, not a tuning task
-            gv = self.bb.add_func(amxk.conv_func_amx(spec, a.ep, self.isa).with_attr("op_pattern", 8), "packed_conv")
-            y = self.bb.emit(relax.call_tir(gv, [x, _c(amxk.pack_weights_amx(spec, a.w)), *q], out_ty))
+        if amxk.amx_fits(spec, self.isa, self.amx):
+            y = self._call("packed_conv", amxk.conv_func_amx(spec, a.ep, self.isa), None,
+                           [x, _c(amxk.pack_weights_amx(spec, a.w)), *q], out_ty)
         else:
             y = self._call("packed_conv", convk.conv_func(spec, a.ep, self.isa), "conv",
                            [x, _c(convk.pack_weights(spec, a.w)), *q], out_ty)
@@ -210,10 +213,8 @@ class Rewriter:
             return
         args = [x, _c(w), *[_c(q) for q in requant_arrays(a.ep, bias, blocks(o))]]
         out_ty = relax.TensorType((n, blocks(o), BLOCK), self.isa.act_dtype)
-        if amxk.dense_fits(n, kp, o, a.ep, self.isa, self.amx):  # written scheduled, as the AMX convs
-            gv = self.bb.add_func(amxk.dense_func_amx(n, kp, o, a.ep, self.isa).with_attr("op_pattern", 8),
-                                  "packed_dense")
-            y = self.bb.emit(relax.call_tir(gv, args, out_ty))
+        if amxk.dense_fits(n, kp, o, a.ep, self.isa, self.amx):
+            y = self._call("packed_dense", amxk.dense_func_amx(n, kp, o, a.ep, self.isa), None, args, out_ty)
         else:
             y = self._call("packed_dense", func, "dense", args, out_ty)
         y = self.bb.emit(relax.op.reshape(y, (n, blocks(o) * BLOCK)))
@@ -343,11 +344,9 @@ class Rewriter:
         packed = px is not None and px[1].kind == "nchwc"
         if packed and not a.channels:
             ty = relax.TensorType(px[1].shape, self.isa.act_dtype)
-            if self.vbmi:  # written scheduled: no default schedule, not a tuning task
-                gv = self.bb.add_func(lutk.vbmi_lut_func(px[1].shape).with_attr("op_pattern", 8), "packed_lut")
-                y = self.bb.emit(relax.call_tir(gv, [px[0], _c(a.table)], ty))
-            else:
-                y = self._call("packed_lut", lutk.lut_func(px[1].shape, a, self.isa), "lut", [px[0], _c(a.table)], ty)
+            func, kind = (lutk.vbmi_lut_func(px[1].shape), None) if self.vbmi else \
+                (lutk.lut_func(px[1].shape, a, self.isa), "lut")
+            y = self._call("packed_lut", func, kind, [px[0], _c(a.table)], ty)
             self.packed[a.out] = (y, px[1])
             return
         self._chain(a, packed_lut, [px[0], _c(a.table)] if packed else None, px and px[1])
