@@ -88,6 +88,18 @@ def test_rerun_with_spent_budget_measures_nothing(two_servers, host_db, tmp_path
     assert check["tuned_ms"] > 0 and check["default_ms"] > 0
 
 
+def test_minutes_stop_the_run_whatever_trials_are_left(two_servers, host_db, tmp_path):
+    _, db = host_db
+    copy = tmp_path / "db"
+    shutil.copytree(db, copy)  # its 4 records: no seeding, the search starts at once
+    res = tune(_args(copy, tmp_path / "logs", tracker=two_servers.tracker, key="host2", trials=40,
+                     num_trials_per_iter=2, minutes=1e-4))
+    assert res["status"] == "time limit" and res["reason"] == "time limit reached"
+    assert res["measured"] == 0 and res["trials_after"] == 4  # past the deadline at once: none of the 36 left
+    with pytest.raises(ShieldError, match="minutes must be above 0"):
+        tune(_args(copy, tmp_path / "logs", trials=40, minutes=0))
+
+
 def test_merge_is_a_deduplicated_union_that_refuses_mixed_targets(host_db, tmp_path):
     _, db = host_db
     n = len(_record_lines(db))

@@ -47,6 +47,9 @@ def register(subparsers) -> None:
                    help=f"seconds a board keeps one measurement session (default {d.session_timeout:g})")
     m.add_argument("--queue-timeout", type=float, default=d.queue_timeout, metavar="S",
                    help=f"seconds to wait for a free board before a measurement fails (default {d.queue_timeout:g})")
+    p.add_argument("--minutes", type=float, metavar="M",
+                   help="start no round after M minutes (rounds under way finish, then the check), "
+                        "whatever trials are left; a rerun continues")
     m.add_argument("--seed", type=int, help="random seed of the search")
     m.add_argument("--no-check", action="store_true",
                    help="skip the final check (the model built tuned and with the default schedules, timed "
@@ -86,7 +89,7 @@ def tune_args(args):
 
     return TuneArgs(
         checkpoint=model_source(args), target=args.target, tracker=args.tracker, key=args.key, trials=args.trials,
-        int8=args.precision == "int8", db=args.db, max_trials_per_task=args.max_trials_per_task,
+        minutes=args.minutes, int8=args.precision == "int8", db=args.db, max_trials_per_task=args.max_trials_per_task,
         num_trials_per_iter=args.trials_per_round, tasks=tuple(args.task), batch=args.batch, calib=args.calib,
         observer=args.observer, allow_fp32=args.allow_fp32, data_root=args.data_root, shield=args.shield,
         calib_data=args.calib_data,
@@ -170,7 +173,7 @@ def _print_tune(res: dict) -> None:
               + ("compile applies the tuned schedules" if c["apply"] else
                  f"compile keeps the default schedules (the tuned build is not surely "
                  f"{d.get('margin', 0):.0%} faster)"))
-    if res["status"] in ("done", "budget reached"):
+    if res["status"] in ("done", "budget reached", "time limit"):
         flag = " --fp32" if res["precision"] == "fp32" else ""
         print(f"apply it: shield compile --target {res['target']}{flag} --db {res['database']} -o DIR")
 

@@ -141,43 +141,53 @@ def monitor(names, budget, check, say, ctrl_c):
 
 
 @functools.cache
-def _make_capped():
-    """The capped search class (defined lazily: TVM must be imported to derive from its classes)."""
+def _make_bounded():
+    """The bounded search class (defined lazily: TVM must be imported to derive from its classes)."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
 
     @derived_object
-    class CappedSearch(PySearchStrategy):
-        """A search strategy that measures at most CAP candidates, whatever the run's per-task limit."""
+    class BoundedSearch(PySearchStrategy):
+        """A search strategy that measures at most CAP candidates, whatever the run's per-task limit, and
+        proposes none after DEADLINE (a time.monotonic() value): its task then counts as finished."""
 
-        def __init__(self, inner, cap):
+        def __init__(self, inner, cap, deadline):
             super().__init__()
-            self.inner, self.cap = inner, cap
+            self.inner, self.cap, self.deadline = inner, cap, deadline
 
         def _initialize_with_tune_context(self, context):
             self.inner._initialize_with_tune_context(context)  # noqa: SLF001
 
         def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None, cost_model=None):
-            self.inner.pre_tuning(min(max_trials, self.cap), num_trials_per_iter, design_spaces, database, cost_model)
+            cap = max_trials if self.cap is None else min(max_trials, self.cap)
+            self.inner.pre_tuning(cap, num_trials_per_iter, design_spaces, database, cost_model)
 
         def post_tuning(self):
             self.inner.post_tuning()
 
         def generate_measure_candidates(self):
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                return None
             return self.inner.generate_measure_candidates()
 
         def notify_runner_results(self, measure_candidates, results):
             self.inner.notify_runner_results(measure_candidates, results)
 
         def clone(self):
-            return CappedSearch(self.inner.clone(), self.cap)
+            return BoundedSearch(self.inner.clone(), self.cap, self.deadline)
 
-    return CappedSearch
+    return BoundedSearch
 
 
-def capped_search(inner, cap: int):
-    """INNER (a search strategy), measuring at most CAP candidates whatever the run's per-task limit."""
-    return _make_capped()(inner, cap)
+def bounded_search(inner, cap: int | None = None, deadline: float | None = None):
+    """INNER (a search strategy), measuring at most CAP candidates whatever the run's per-task limit, and
+    none after DEADLINE (time.monotonic()).
+
+    The deadline is checked where a task asks for its next candidates, not in the measure callback:
+    MetaSchedule's gradient task scheduler gives every task a first round before it collects any
+    result, so on a model of 50 tasks the callback first runs half an hour into the run.
+    """
+    return _make_bounded()(inner, cap, deadline)
 
 
 def _short(name: str, width: int = 44) -> str:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ShieldError
-from .progress import capped_search
+from .progress import bounded_search
 
 _MS_LOGGER = "tvm.s_tir.meta_schedule"
 
@@ -67,8 +67,10 @@ def plan(tasks: list[Task], counts: dict, per_task: int) -> None:
         t.cap = max(0, per_task - t.valid_before)
 
 
-def tune_contexts(todo: list[Task], log_dir: Path, *, population: int, seed: int | None):
-    """One TuneContext per task, its search capped at the trials the task has left."""
+def tune_contexts(todo: list[Task], log_dir: Path, *, population: int, seed: int | None,
+                  deadline: float | None = None):
+    """One TuneContext per task, its search capped at the trials the task has left and ending at DEADLINE
+    (time.monotonic(); None: no time limit)."""
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
     from tvm.s_tir.meta_schedule.utils import fork_seed
@@ -83,8 +85,8 @@ def tune_contexts(todo: list[Task], log_dir: Path, *, population: int, seed: int
     contexts, weights = [], []
     for t, logger, rand in zip(todo, loggers, fork_seed(seed, n=len(todo))):
         strategy = ms.search_strategy.EvolutionarySearch(population_size=population)
-        if t.cap < run_cap:
-            strategy = capped_search(strategy, t.cap)
+        if t.cap < run_cap or deadline is not None:
+            strategy = bounded_search(strategy, t.cap if t.cap < run_cap else None, deadline)
         contexts.append(ms.TuneContext(mod=t.extracted.dispatched[0], target=t.extracted.target,
                                        space_generator="post-order-apply", search_strategy=strategy,
                                        task_name=t.name, logger=logger, rand_state=rand, num_threads="physical"))

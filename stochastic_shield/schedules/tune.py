@@ -56,6 +56,7 @@ class TuneArgs:
     tracker: str | None = None         # HOST:PORT of the tracker; None: measure on this machine (host only)
     key: str | None = None             # tracker key of the boards (default: the board's rpc_key)
     trials: int = 64                   # measured candidates for the whole model, those in the database included
+    minutes: float | None = None       # no round starts this long after the run began (the check follows)
     int8: bool = True
     db: Path | None = None             # database folder (default: default_database_dir(...))
     max_trials_per_task: int | None = None   # None: no limit of its own (the whole budget)
@@ -103,7 +104,8 @@ def tune(args: TuneArgs) -> dict:
     measurements seen in flight at once, status, timing and ``repaired`` (what was done to a torn
     last line, one sentence per file; usually empty). Status is "done", "budget reached"
     (nothing left to do), "stopped" (every board of the key or the tracker was lost; ``reason``
-    says which) or "interrupted" (Ctrl-C, honoured at the end of the current round).
+    says which), "time limit" (``args.minutes`` passed: no task starts a round after it, rounds under
+    way finish, then the check runs) or "interrupted" (Ctrl-C, honoured at the end of the current round).
 
     Raises
     ------
@@ -119,6 +121,8 @@ def tune(args: TuneArgs) -> dict:
     started = time.monotonic()
     if args.trials < 0:
         raise ShieldError(f"trials must be at least 0, got {args.trials}")
+    if args.minutes is not None and args.minutes <= 0:
+        raise ShieldError(f"minutes must be above 0, got {args.minutes}")
     board = get_board(args.target)
     board.fcompile()  # fail early on a missing cross compiler
     key = args.key or board.rpc_key
@@ -158,7 +162,7 @@ def _tune(args: TuneArgs, board, key: str, servers: int, say: Say, precision: st
 
     def finish(*a, **kw) -> dict:  # the summary, with the whole-model check of a finished run
         summary = _finish(*a, **kw)
-        if args.check and summary["status"] in ("done", "budget reached") and summary["trials_after"]:
+        if args.check and summary["status"] in ("done", "budget reached", "time limit") and summary["trials_after"]:
             summary["check"] = _check(args, key, prep, cargs, db_dir, say)
         return summary
 
@@ -200,7 +204,8 @@ def _tune(args: TuneArgs, board, key: str, servers: int, say: Say, precision: st
     todo = [t for t in todo if t.cap > 0]
     if budget_left <= 0 or not todo:
         return finish(summary, tasks, db_dir, journal, "done", None, started, seeded, log_dir)
-    contexts, weights = tune_contexts(todo, log_dir, population=args.population, seed=args.seed)
+    deadline = None if args.minutes is None else started + 60 * args.minutes
+    contexts, weights = tune_contexts(todo, log_dir, population=args.population, seed=args.seed, deadline=deadline)
     cost_model = ms.cost_model.CostModel.create("xgb", num_tuning_cores=max(1, os.cpu_count() or 1),
                                                 tree_method="auto")
     if args.warm_start:
@@ -233,6 +238,8 @@ def _tune(args: TuneArgs, board, key: str, servers: int, say: Say, precision: st
         status, reason = ("interrupted" if ctrl_c.requested else "stopped"), watch.stop_reason
     finally:
         watch.close()
+    if status == "done" and deadline is not None and time.monotonic() >= deadline:
+        status, reason = "time limit", "time limit reached"
     if moved["moved"]:
         say(f"{moved['moved']} C++ warnings of TVM (candidates its dot-product rule could not tensorize) "
             f"are in {warnings_log}")
