@@ -2,6 +2,7 @@
 
     bash scripts/setup.sh --edge        # once: LiteRT, ExecuTorch, ONNX Runtime in .edge/ venvs
     python benchmarks/speed.py [--models a,b] [--threads 1,2] [--rounds 7] [--min-round-s 0.3] [--gap-s 0.3] [--fresh]
+                               [--tune MINUTES [--out benchmarks/results/speed-tuned.json]]
 
 For each model of benchmarks/speed_models.py (the shipped one, the zoo at its input sizes, MobileNetV2-1.0 and
 ResNet-18 at 224), from the same fp32 weights and the same 32 calibration images:
@@ -16,7 +17,9 @@ and the machine idles --gap-s before each engine (a thread pool that spins after
 gone quiet by then, as it would for a user who runs one engine). Beside the Python time: each runtime's own time where it reports one; top-1
 agreement and SQNR against PyTorch fp32 on 64 test images; GMAC/s and the share of this CPU's measured int8 peak
 (benchmarks/int8_peak.py). On the shipped model and MobileNetV2-1.0 also the shield (the model's own dropout,
-T=1 and T=32) against one plain pass. A conversion or load that fails is a row with its error.
+T=1 and T=32) against one plain pass. With --tune MINUTES, also "ours tuned": `shield tune --minutes MINUTES` on
+this host, then the artifact `shield compile --db` builds (benchmarks/speed_tuned.py), in the same rounds.
+A conversion or load that fails is a row with its error.
 Results: benchmarks/results/speed.json after every model (a rerun resumes; --fresh starts over), speed.png,
 and the tables of benchmarks/speed_report.py printed.
 """
@@ -143,7 +146,16 @@ def measure_model(name: str, args) -> dict:
         engines["ours"] = ("ours", "main", compile_ours(name, folder), None)
     except Exception as e:  # noqa: BLE001 - a model we cannot compile is a row with its error
         conv["ours"] = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200] if str(e).strip() else ''}"}
-    if name in SHIELD_MODELS and "ours" in engines:
+    if args.tune and "ours" in engines:
+        from benchmarks.speed_tuned import tuned_engine
+
+        print(f"[speed] {name}: tuning for at most {args.tune:g} min", file=sys.stderr, flush=True)
+        try:
+            art, conv["ours tuned"] = tuned_engine(name, folder, args.tune, _git_head())
+            engines["ours tuned"] = ("ours", "main", art, None)
+        except Exception as e:  # noqa: BLE001 - a failed tuning run is a row with its error
+            conv["ours tuned"] = {"error": f"{type(e).__name__}: {str(e).strip()[-200:]}"}
+    if name in SHIELD_MODELS and not args.tune and "ours" in engines:
         try:
             art = compile_ours(name, folder, SHIELD)
             engines.update({f"ours shield T={t}": ("ours", "main", art, t) for t in (1, 32)})
@@ -261,7 +273,7 @@ def run(args) -> dict:
     res["runs"] = res.get("runs", []) + [{"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                                           "machine": machine, "commit": _git_head()}]
     res["versions"] = dict(versions(), edge=edge_versions())
-    res["settings"] = {"rounds": args.rounds, "min_round_s": args.min_round_s, "gap_s": args.gap_s,
+    res["settings"] = {"rounds": args.rounds, "tune_minutes": args.tune, "min_round_s": args.min_round_s, "gap_s": args.gap_s,
                        "schedule": "engines shuffled per round (seed: the round's number), idle gap_s before each",
                        "threads": args.threads,
                        "calib_images": speed_models.CALIB, "order": list(speed_models.MODELS), "eval_images": speed_models.EVAL, "shield": SHIELD}
@@ -293,6 +305,9 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "results" / "work" / "speed")
     p.add_argument("--fresh", action="store_true", help="drop the results already in --out")
     p.add_argument("--peak", action="store_true", help="measure the int8 peak again (kept from the first run)")
+    p.add_argument("--tune", type=float, metavar="MINUTES",
+                   help="also tune each model on this host for at most MINUTES and time the tuned build "
+                        "(without the shield rows; results go to --out, by default speed-tuned.json)")
     a = p.parse_args(argv)
     a.models = [m for m in a.models.split(",") if m]
     unknown = [m for m in a.models if m not in speed_models.MODELS]
@@ -300,6 +315,11 @@ def main(argv=None) -> int:
         print(f"speed: unknown models {unknown} (known: {', '.join(speed_models.MODELS)})", file=sys.stderr)
         return 2
     a.threads = [int(t) for t in a.threads.split(",")]
+    if a.tune is not None and a.tune <= 0:
+        print(f"speed: --tune takes minutes above 0, got {a.tune:g}", file=sys.stderr)
+        return 2
+    if a.tune and a.out == OUT:  # the untuned run's file keeps its own rows
+        a.out = OUT.with_name("speed-tuned.json")
     try:
         res = run(a)
     except SetupError as e:

@@ -51,11 +51,12 @@ def _failed(m: dict, engine: str) -> str | None:
     return errs[0] if errs else None
 
 
-def ratio(m: dict, threads: int, peers=EDGE_PEERS, stat: str = "median_ms") -> tuple[float | None, str | None]:
-    """(ours / the fastest of PEERS at THREADS from Python, that peer), None where either did not run.
+def ratio(m: dict, threads: int, peers=EDGE_PEERS, stat: str = "median_ms",
+          engine: str = "ours") -> tuple[float | None, str | None]:
+    """(ENGINE (ours) / the fastest of PEERS at THREADS from Python, that peer), None where either did not run.
     STAT: median_ms (of the rounds) or min_ms (the fastest round: the machine's load least in the way)."""
     rows = _rows(m)
-    ours = rows.get(("ours", threads), {}).get(stat)
+    ours = rows.get((engine, threads), {}).get(stat)
     best = [(rows[(p, threads)][stat], p) for p in peers if stat in rows.get((p, threads), {})]
     if ours is None or not best:
         return None, None
@@ -106,6 +107,37 @@ def python_table(res: dict) -> str:
         note += "\n\n" + "\n".join(f"- failed: {k}: `{v}`" for k, v in fails.items())
     return _table(["model", "threads", "ours ms", "LiteRT ms", "ExecuTorch ms", "ORT ms", "ours / best edge peer",
                    "same, fastest rounds"], out) + note
+
+
+def tuned_table(res: dict) -> str:
+    """Ours tuned on this host for at most N minutes against untuned and the edge peers, from Python."""
+    out, fails = [], {}
+    for m in _models(res):
+        rows, tn = _rows(m), m["conversions"].get("ours tuned", {})
+        if "error" in tn:
+            fails[m["info"]["label"]] = tn["error"]
+            continue
+        if not tn:
+            continue
+        c = tn.get("check") or {}
+        how = (f"{tn['tuning_s'] / 60:.1f} min, {tn['trials']} trials; check {c['ratio_median']:.3f} "
+               f"(bound {c['ratio_upper_bound'] or float('inf'):.3f}): "
+               + (f"applied ({tn['tuned_kernels']} kernels)" if tn.get("applied") else "defaults kept")
+               if c.get("ratio_median") is not None else f"{tn['status']}, no check")
+        for i, t in enumerate(res["settings"]["threads"]):
+            r, who = ratio(m, t, engine="ours tuned")
+            u, _ = ratio(m, t)
+            out.append([m["info"]["label"], t, _ms(rows.get(("ours", t))), _ms(rows.get(("ours tuned", t))),
+                        _ms(rows.get(("litert", t))), _ms(rows.get(("executorch", t))),
+                        "-" if u is None else f"{u:.2f}x", "-" if r is None else f"**{r:.2f}x** ({NAMES[who]})",
+                        how if i == 0 else ""])
+    note = "\n\n" + _note(res) + (f" Tuning: `shield tune --minutes {res['settings'].get('tune_minutes'):g}` per model "
+                                   f"on this host, both cores; the check (docs/tuning.md) decides what compile applies._"
+                                   ).replace("._ Tuning", ". Tuning")
+    if fails:
+        note += "\n\n" + "\n".join(f"- tuning failed: {k}: `{v}`" for k, v in fails.items())
+    return _table(["model", "threads", "ours ms", "ours tuned ms", "LiteRT ms", "ExecuTorch ms", "untuned / best",
+                   "tuned / best edge peer", "tuning"], out) + note
 
 
 def runtime_table(res: dict) -> str:
@@ -212,7 +244,8 @@ def where_table(res: dict) -> str:
 
 
 def markdown(res: dict) -> str:
-    return "\n\n".join([python_table(res), runtime_table(res), accuracy_table(res), shield_table(res),
+    tuned = [tuned_table(res)] if res["settings"].get("tune_minutes") else []
+    return "\n\n".join([python_table(res), *tuned, runtime_table(res), accuracy_table(res), shield_table(res),
                          where_table(res)])
 
 
