@@ -15,6 +15,7 @@ from ..rng import check_seed, fresh_seed, seed_or_fresh, seed_to_rng
 from .artifact import Artifact, load_artifact
 from .session import Endpoint, open_session
 from .calls import BoundCall, check_images
+from .cpu_features import require_cpu_runs
 from .threads import check_threads, pool_threads_stale, set_pool_threads, use_all_cores
 
 
@@ -59,6 +60,7 @@ class Deployment:
             sess, self.dev = self._stack.enter_context(open_session(self.endpoint))
             try:
                 if sess is None:
+                    require_cpu_runs(self.artifact.manifest)
                     use_all_cores()
                     lib = tvm.runtime.load_module(str(_cached_library(data, digest)))
                 else:
