@@ -159,10 +159,18 @@ def default_schedule(func: tirx.PrimFunc) -> s_tir.Schedule | None:
         if KERNEL_ATTR in attrs:
             isa = ISAS[str(attrs[ISA_ATTR])]
             kind = str(attrs[KERNEL_ATTR])
-            return SCHEDULES[kind](func, isa, _flops(func) >= PARALLEL_MIN_FLOPS[kind] * SPLIT_SCALE.get(isa.name, 1.0))
+            return SCHEDULES[kind](func, isa, _flops(func) >= parallel_from(func))
         return _schedule_injective(func)
     except Exception:  # noqa: BLE001 - a default schedule that does not fit: the kernel stays correct, unscheduled
         return None
+
+
+def parallel_from(func: tirx.PrimFunc) -> float | None:
+    """The estimated size from which packed kernel FUNC (unscheduled) runs on every core; None: not a packed kernel."""
+    attrs = func.attrs if func.attrs is not None else {}
+    if KERNEL_ATTR not in attrs:
+        return None
+    return PARALLEL_MIN_FLOPS[str(attrs[KERNEL_ATTR])] * SPLIT_SCALE.get(str(attrs[ISA_ATTR]), 1.0)
 
 
 def kernel_flops(mod: tvm.IRModule) -> dict:
