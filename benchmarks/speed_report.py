@@ -131,9 +131,9 @@ def tuned_table(res: dict) -> str:
                         _ms(rows.get(("litert", t))), _ms(rows.get(("executorch", t))),
                         "-" if u is None else f"{u:.2f}x", "-" if r is None else f"**{r:.2f}x** ({NAMES[who]})",
                         how if i == 0 else ""])
-    note = "\n\n" + _note(res) + (f" Tuning: `shield tune --minutes {res['settings'].get('tune_minutes'):g}` per model "
-                                   f"on this host, both cores; the check (docs/tuning.md) decides what compile applies._"
-                                   ).replace("._ Tuning", ". Tuning")
+    note = "\n\n" + (_note(res) + f" Tuning: `shield tune --minutes {res['settings'].get('tune_minutes'):g}` per model "
+                                  f"on this host, both cores; the check (docs/tuning.md) decides what compile applies._"
+                       ).replace("._ Tuning", ". Tuning")
     if fails:
         note += "\n\n" + "\n".join(f"- tuning failed: {k}: `{v}`" for k, v in fails.items())
     return _table(["model", "threads", "ours ms", "ours tuned ms", "LiteRT ms", "ExecuTorch ms", "untuned / best",

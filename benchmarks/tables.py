@@ -28,6 +28,7 @@ from benchmarks.speed_report import (
     python_table,
     runtime_table,
     shield_table,
+    tuned_table,
     where_table,
 )
 from benchmarks.tables_callpath import callpath
@@ -84,6 +85,7 @@ TABLES: dict[str, Table] = {
     "speed.shield": Table("speed.json", shield_table),
     "speed.machines": Table("speed.json", machines_table),
     "speed.where": Table("speed.json", where_table),
+    "speed.tuned": Table("speed-tuned.json", tuned_table),
     "speed.peer_kernels": Table("peer_kernels.json", peer_kernels),
     "kernels.networks": Table("kernels.json", kernels_networks),
     "kernels.depthwise": Table("kernels.json", kernels_depthwise),

@@ -94,3 +94,23 @@ def test_missing_edge_venvs_give_one_line_saying_how_to_install_them(tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "bash scripts/setup.sh --edge" in lines[0], r.stderr
     assert not (tmp_path / "speed.json").exists() and not (tmp_path / "work").exists()
+
+
+def test_tuned_table_compares_the_tuned_build_and_says_what_the_check_applied():
+    res = _results()
+    res["settings"]["tune_minutes"] = 10
+    tiny = res["models"]["tiny"]
+    tiny["rows"] += [_row("ours tuned", 1, 0.7), _row("ours tuned", 2, 2.0)]
+    tiny["conversions"]["ours tuned"] = {"status": "time limit", "trials": 120, "tuning_s": 600.0, "applied": True,
+                                         "tuned_kernels": 7, "check": {"ratio_median": 0.9, "ratio_upper_bound": 0.95}}
+    res["models"]["broken"]["conversions"]["ours tuned"] = {"error": "ShieldError: tuning failed: boom"}
+    text = speed_report.tuned_table(res)
+    # tuned 0.7 ms against LiteRT's 1.0 at 1 thread; 2.0 against ExecuTorch's 2.5 at 2 threads
+    assert ("| tiny 1x8x8 | 1 | 2.00 | 0.700 | 1.00 | 4.00 | 2.00x | **0.70x** (LiteRT) | 10.0 min, 120 trials; "
+            "check 0.900 (bound 0.950): applied (7 kernels) |") in text, text
+    assert "| tiny 1x8x8 | 2 | 1.50 | 2.00 | 3.00 | 2.50 | 0.60x | **0.80x** (ExecuTorch) |  |" in text, text
+    assert "tuning failed: broken 1x4x4: `ShieldError: tuning failed: boom`" in text
+    assert "`shield tune --minutes 10`" in text and "._ Tuning" not in text
+    tiny["conversions"]["ours tuned"] |= {"applied": False, "check": {"ratio_median": 1.2, "ratio_upper_bound": 1.3}}
+    assert "check 1.200 (bound 1.300): defaults kept |" in speed_report.tuned_table(res)
+    assert "ours tuned ms" in speed_report.markdown(res)

@@ -75,9 +75,10 @@ def _make_monitor():
     class Monitor(PyMeasureCallback):
         """After each round: one progress line; stop when every measurement failed and no board is left."""
 
-        def __init__(self, names, budget, check, say, ctrl_c):
+        def __init__(self, names, budget, check, say, ctrl_c, deadline=None):
             super().__init__()
             self.names, self.budget, self.check, self.say, self.ctrl_c = names, budget, check, say, ctrl_c
+            self.deadline = deadline  # time.monotonic() of a --minutes limit: the time left says so
             self.measured = 0
             self.failed = 0
             self.best = {}
@@ -106,6 +107,8 @@ def _make_monitor():
             elapsed = time.monotonic() - self.t0
             left = max(0, self.budget - self.measured)
             eta = elapsed / self.measured * left if self.measured else 0
+            if self.deadline is not None:
+                eta = max(0.0, min(eta, self.deadline - time.monotonic()))
             best = f"best {self.best[name]:.4f} ms" if name in self.best else "no valid result yet"
             errs = f" ({build_err} build / {run_err} run errors)" if build_err or run_err else ""
             self.write(f"[{self.measured:>4}/{self.budget}] {_short(name)}: +{n}{errs}, {best} | "
@@ -135,9 +138,10 @@ def _make_monitor():
     return Monitor
 
 
-def monitor(names, budget, check, say, ctrl_c):
-    """The measure callback of a run: progress lines after each round, stops on Ctrl-C or when no board is left."""
-    return _make_monitor()(names, budget, check, say, ctrl_c)
+def monitor(names, budget, check, say, ctrl_c, deadline=None):
+    """The measure callback of a run: progress lines after each round (the time left capped at DEADLINE, a
+    time.monotonic() value), stops on Ctrl-C or when no board is left."""
+    return _make_monitor()(names, budget, check, say, ctrl_c, deadline)
 
 
 @functools.cache

@@ -213,7 +213,7 @@ def _tune(args: TuneArgs, board, key: str, servers: int, say: Say, precision: st
     check = functools.partial(boards_left, args.tracker, key) if args.tracker else None
     per_iter = args.num_trials_per_iter or max(2, min(32, budget_left // len(todo)))
     ctrl_c = CtrlC(say)
-    watch = monitor([t.name for t in todo], budget_left, check, say, ctrl_c)
+    watch = monitor([t.name for t in todo], budget_left, check, say, ctrl_c, deadline)
     ctrl_c.say = watch.write  # above the progress bar
     status, reason = "done", None
     warnings_log = log_dir / "tvm-warnings.log"
