@@ -10,8 +10,8 @@ holds 4 adjacent input pixels x 16 channels from pixel (x0 + m) * stride on (so 
 below 4; a tile load takes any row stride), B's row kw * 4 + icf the 16 output channels' 4 bytes of channels
 icf * 4 .. + 3 at that tap; taps past the kernel's width have weight 0. Steps: input channel blocks x kernel
 rows. Tiles of M output pixels (M = the largest divisor of the output width up to 16) by 16 output channels, two
-channel blocks sharing each A tile when their count is even; (image, block pair, output row) triples are split
-over the threads.
+channel blocks sharing each A tile when their count is even; (image, block pair, output row) triples, in chunks
+of CHUNK that share one tile configuration, are split over the threads.
 
 The dense kernel (dense_func_amx) takes dense.py's layouts as they are, for layers of whole 16-row tiles: the
 shield's T passes of a wide layer (the shipped model's first dense layer on 32 rows: about 3x as fast alone).
@@ -31,6 +31,8 @@ from .isa import Isa
 TAPS = 4            # kernel columns one 64-byte A row covers (4 pixels x 16 channels)
 AMX_MIN_MACS = 20e6  # smaller convs stay on VNNI: at 2-4 MMAC (16-64 channels) AMX was 1.1-1.6x slower alone
 DENSE_MIN_MACS = 4e6  # a dense layer on AMX from this size and 16 rows (the shield's T passes of a wide layer)
+CHUNK = 8  # conv tasks per parallel iteration: a tile configuration costs about 1 us (ldtilecfg + tilerelease),
+#            paid once per chunk; one per task (output row) left ResNet-18's 3x3 convs 12-14% slower alone
 _SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18
 
 
@@ -82,6 +84,7 @@ def conv_func_amx(spec: ConvSpec, ep: Epilogue, isa: Isa):
     pad_parallel = n_img * icb * hp * wp * BLOCK >= PAD_PARALLEL
     ct = 2 if ocb % 2 == 0 else 1   # channel blocks per task: one A tile feeds CT products
     tasks = n_img * (ocb // ct) * oh
+    chunks = -(-tasks // CHUNK)
 
     def rq(acc, bias, m0, rnd, shift):
         return requant_expr(acc, [bias, m0, rnd, shift], ep, dt, sh)
@@ -103,12 +106,9 @@ def conv_func_amx(spec: ConvSpec, ep: Epilogue, isa: Isa):
                         x[b_, c_, T.min(T.max(y_ - t, 0), h - 1), T.min(T.max(v_ - l, 0), w_in - 1), k_],
                         T.Cast(dt, pad))
         T.evaluate(tile_permission())
-        for r in T.parallel(tasks):
+        for rc in T.parallel(chunks):
             cfg = T.alloc_buffer((64,), "uint8", scope="local")
             acc = T.alloc_buffer((ct, m, BLOCK), "int32", scope="local")
-            img = r // ((ocb // ct) * oh)
-            c0 = (r // oh) % (ocb // ct) * ct
-            y = r % oh
             for i in range(64):
                 cfg[i] = T.uint8(0)
             cfg[0] = T.uint8(1)                                  # palette 1
@@ -116,26 +116,30 @@ def conv_func_amx(spec: ConvSpec, ep: Epilogue, isa: Isa):
                 cfg[16 + 2 * tile] = T.uint8(64)                 # bytes per row
                 cfg[48 + tile] = T.Cast("uint8", T.Select(tile >= 3, 16, m))
             T.evaluate(amx("ldtilecfg", T.address_of(cfg[0])))
-            for xt in range(ow // m):
-                T.evaluate(amx("tilezero", T.int8(0)))
-                if ct == 2:
-                    T.evaluate(amx("tilezero", T.int8(1)))
-                for ci, ky in T.grid(icb, kh):
-                    T.evaluate(amx("tileloadd64", T.int8(2), T.address_of(
-                        xp[img, ci, y * s0 + ky, xt * m * s1, 0]), T.int64(s1 * BLOCK)))
-                    T.evaluate(amx("tileloadd64", T.int8(3), T.address_of(wt[c0, ci, ky, 0, 0]), T.int64(BLOCK * 4)))
-                    T.evaluate(amx("tdpbusd", T.int8(0), T.int8(2), T.int8(3)))
+            for r in range(rc * CHUNK, T.min(rc * CHUNK + CHUNK, tasks)):
+                img = r // ((ocb // ct) * oh)
+                c0 = (r // oh) % (ocb // ct) * ct
+                y = r % oh
+                for xt in range(ow // m):
+                    T.evaluate(amx("tilezero", T.int8(0)))
                     if ct == 2:
-                        T.evaluate(amx("tileloadd64", T.int8(4), T.address_of(wt[c0 + 1, ci, ky, 0, 0]),
-                                       T.int64(BLOCK * 4)))
-                        T.evaluate(amx("tdpbusd", T.int8(1), T.int8(2), T.int8(4)))
-                T.evaluate(amx("tilestored64", T.int8(0), T.address_of(acc[0, 0, 0]), T.int64(BLOCK * 4)))
-                if ct == 2:
-                    T.evaluate(amx("tilestored64", T.int8(1), T.address_of(acc[1, 0, 0]), T.int64(BLOCK * 4)))
-                for cc, j in T.grid(ct, m):
-                    for k in T.vectorized(BLOCK):
-                        out[img, c0 + cc, y, xt * m + j, k] = rq(
-                            acc[cc, j, k], bias[c0 + cc, k], m0[c0 + cc, k], rnd[c0 + cc, k], shift[c0 + cc, k])
+                        T.evaluate(amx("tilezero", T.int8(1)))
+                    for ci, ky in T.grid(icb, kh):
+                        T.evaluate(amx("tileloadd64", T.int8(2), T.address_of(
+                            xp[img, ci, y * s0 + ky, xt * m * s1, 0]), T.int64(s1 * BLOCK)))
+                        T.evaluate(amx("tileloadd64", T.int8(3), T.address_of(wt[c0, ci, ky, 0, 0]), T.int64(BLOCK * 4)))
+                        T.evaluate(amx("tdpbusd", T.int8(0), T.int8(2), T.int8(3)))
+                        if ct == 2:
+                            T.evaluate(amx("tileloadd64", T.int8(4), T.address_of(wt[c0 + 1, ci, ky, 0, 0]),
+                                           T.int64(BLOCK * 4)))
+                            T.evaluate(amx("tdpbusd", T.int8(1), T.int8(2), T.int8(4)))
+                    T.evaluate(amx("tilestored64", T.int8(0), T.address_of(acc[0, 0, 0]), T.int64(BLOCK * 4)))
+                    if ct == 2:
+                        T.evaluate(amx("tilestored64", T.int8(1), T.address_of(acc[1, 0, 0]), T.int64(BLOCK * 4)))
+                    for cc, j in T.grid(ct, m):
+                        for k in T.vectorized(BLOCK):
+                            out[img, c0 + cc, y, xt * m + j, k] = rq(
+                                acc[cc, j, k], bias[c0 + cc, k], m0[c0 + cc, k], rnd[c0 + cc, k], shift[c0 + cc, k])
             T.evaluate(amx("tilerelease"))
 
     return kernel.with_attr("tirx.is_scheduled", True)
