@@ -37,12 +37,17 @@ def _run(func, spec, w_packed, x, q):
     (1, 24, 9, 40, 3, 1, (0, 2, 1, 0)),     # a partial input block, uneven padding, 7-wide rows, taps past the edge
     (1, 16, 12, 32, 4, 1, (2, 1, 1, 2)),    # 4 taps: every byte of an A row used
     (3, 32, 8, 32, 3, 1, (1, 1, 1, 1)),     # a batch (the shield's passes after a dropout layer)
+    (1, 48, 7, 48, 3, 1, (1, 1, 1, 1)),     # 7x7 (ResNet-18's last stage): flat tiles, 49 of 80 positions kept
 ])
-def test_amx_conv_equals_the_vnni_conv(n, cin, hw, cout, k, s, pad):
+@pytest.mark.parametrize("form", ["rows", "flat"])
+def test_amx_conv_equals_the_vnni_conv(n, cin, hw, cout, k, s, pad, form):
     """Same random codes, weights at the int8 extremes among random ones, per-channel requantize: the AMX kernel's
-    output equals the VNNI kernel's byte for byte (both compiled for this CPU)."""
+    output equals the VNNI kernel's byte for byte (both compiled for this CPU), in both tile forms (flat rows:
+    stride 1 only)."""
     if not target_has(HOST, "amx-int8"):
         pytest.skip("this CPU has no AMX int8")
+    if form == "flat" and s != 1:
+        pytest.skip("flat tiles are for stride 1")
     spec = ConvSpec(n, cin, hw, hw, cout, k, k, (s, s), (1, 1), pad, pad_code=-3)
     rng = np.random.default_rng(cin + hw + cout)
     ep = Epilogue(bias=np.zeros(cout, np.int64), m0=rng.integers(1 << 28, 1 << 30, cout).astype(np.int64),
@@ -55,7 +60,8 @@ def test_amx_conv_equals_the_vnni_conv(n, cin, hw, cout, k, s, pad):
          np.full((cb, 16), 1 << 36, np.int64), np.full((cb, 16), 37, np.int64)]
     vnni = schedule_conv(conv_func(spec, ep, VNNI), VNNI, parallel=True).mod["main"]
     want = _run(vnni, spec, pack_weights(spec, w), x, q)
-    got = _run(amxk.conv_func_amx(spec, ep, VNNI), spec, amxk.pack_weights_amx(spec, w), x, q)
+    func = amxk.conv_func_amx_flat if form == "flat" else amxk.conv_func_amx_rows
+    got = _run(func(spec, ep, VNNI), spec, amxk.pack_weights_amx(spec, w), x, q)
     assert len(np.unique(want)) > 20  # the requantize spreads the outputs: a wrong sum would show
     np.testing.assert_array_equal(got, want)
 
@@ -91,7 +97,8 @@ def test_amx_dense_equals_the_vnni_dense(n, kp, o):
 def test_amx_takes_the_large_3x3_convs_and_dense_layers_only():
     """On an AMX target: ResNet-18's 3x3 convs (stride 1, and stride 2 with 14 output columns or more); not the
     1x1, 7x7 or small ones, a stride-2 conv down to 7 columns, or any conv where the target has no AMX; dense
-    layers of whole 16-row tiles and 64-byte rows, requantized (the shield's passes of its first dense layer)."""
+    layers of whole 16-row tiles and 64-byte rows, requantized (the shield's passes of its first dense layer). Flat-row
+    tiles for the stride-1 convs whose row tiles would be short (7x7)."""
     fits = lambda spec, amx=True: amxk.amx_fits(spec, VNNI, amx)  # noqa: E731
     assert fits(_spec(64, 56, 64, 3, 1)) and fits(_spec(512, 7, 512, 3, 1)) and fits(_spec(128, 28, 256, 3, 2))
     assert not fits(_spec(256, 14, 512, 3, 2))          # 7 output columns at stride 2: slower than VNNI
@@ -100,6 +107,9 @@ def test_amx_takes_the_large_3x3_convs_and_dense_layers_only():
     assert not fits(_spec(16, 32, 16, 3, 1))            # ResNet-8's 2.4 MMAC
     assert not fits(_spec(64, 56, 64, 3, 1), amx=False)
     assert not amxk.amx_fits(_spec(64, 56, 64, 3, 1), ISAS["avx2"], True)
+    flat = amxk.flat_fits                                 # of those: which take flat-row tiles
+    assert flat(_spec(512, 7, 512, 3, 1)) and not flat(_spec(256, 14, 256, 3, 1))  # tiles of 7 rows, of 14
+    assert not flat(_spec(512, 14, 512, 3, 2))          # stride 2: rows
     ep = Epilogue(bias=np.zeros(128, np.int64), m0=np.ones(128, np.int64), rnd=np.zeros(128, np.int64),
                   n=np.full(128, 37, np.int64))
     dense = lambda n, kp, e=ep, amx=True: amxk.dense_fits(n, kp, 128, e, VNNI, amx)  # noqa: E731

@@ -31,6 +31,7 @@ from .isa import Isa
 TAPS = 4            # kernel columns one 64-byte A row covers (4 pixels x 16 channels)
 AMX_MIN_MACS = 20e6  # smaller convs stay on VNNI: at 2-4 MMAC (16-64 channels) AMX was 1.1-1.6x slower alone
 DENSE_MIN_MACS = 4e6  # a dense layer on AMX from this size and 16 rows (the shield's T passes of a wide layer)
+FLAT_MAX_M = 8  # row tiles this short (7x7 outputs: 7 of 16 rows) lose to flat tiles: 0.80-0.83x the time alone
 CHUNK = 8  # conv tasks per parallel iteration: a tile configuration costs about 1 us (ldtilecfg + tilerelease),
 #            paid once per chunk; one per task (output row) left ResNet-18's 3x3 convs 12-14% slower alone
 _SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18
@@ -69,7 +70,18 @@ def pack_weights_amx(spec: ConvSpec, w: np.ndarray) -> np.ndarray:
 
 
 def conv_func_amx(spec: ConvSpec, ep: Epilogue, isa: Isa):
-    """The scheduled kernel (x, w, bias, m0, rnd, shift, out), layouts as conv.py's nchwc form."""
+    """The scheduled kernel (x, w, bias, m0, rnd, shift, out), layouts as conv.py's nchwc form: over flat rows
+    (conv_func_amx_flat) at stride 1 where whole-row tiles would be short, else tiles of output rows."""
+    return (conv_func_amx_flat if flat_fits(spec) else conv_func_amx_rows)(spec, ep, isa)
+
+
+def flat_fits(spec: ConvSpec) -> bool:
+    """Flat-row tiles for a stride-1 conv whose row tiles would hold FLAT_MAX_M pixels or fewer."""
+    return spec.strides == (1, 1) and divisor_at_most(spec.conv_hw[1], 16) <= FLAT_MAX_M
+
+
+def conv_func_amx_rows(spec: ConvSpec, ep: Epilogue, isa: Isa):
+    """conv_func_amx with tiles of M pixels of one output row (M the largest divisor of the width up to 16)."""
     dt, sh = isa.act_dtype, isa.shift
     n_img, icb, ocb = spec.n, blocks(spec.cin), blocks(spec.cout)
     h, w_in, kh = spec.h, spec.w, spec.kh
@@ -140,6 +152,100 @@ def conv_func_amx(spec: ConvSpec, ep: Epilogue, isa: Isa):
                         for k in T.vectorized(BLOCK):
                             out[img, c0 + cc, y, xt * m + j, k] = rq(
                                 acc[cc, j, k], bias[c0 + cc, k], m0[c0 + cc, k], rnd[c0 + cc, k], shift[c0 + cc, k])
+            T.evaluate(amx("tilerelease"))
+
+    return kernel.with_attr("tirx.is_scheduled", True)
+
+
+def conv_func_amx_flat(spec: ConvSpec, ep: Epilogue, isa: Isa):
+    """conv_func_amx at stride 1 over the padded input's rows laid end to end: output pixel (y, x) is flat position
+    y * WP + x and reads flat input position p + ky * WP, so a tile of 16 consecutive positions is one strided load
+    wherever it starts; the WP - OW positions past each row's end are computed and dropped. A task: 2 tiles of 16
+    positions by CT channel blocks, all 8 tiles used (each B tile feeds 2 products, each A tile CT), so a 7x7
+    output takes 80 positions in 5 tiles where rows take 7 tiles of 7."""
+    dt, sh = isa.act_dtype, isa.shift
+    n_img, icb, ocb = spec.n, blocks(spec.cin), blocks(spec.cout)
+    h, w_in, kh = spec.h, spec.w, spec.kh
+    oh, ow = spec.conv_hw
+    t, l, _, _ = spec.padding
+    wp = max(spec.padded_hw[1], ow - 1 + TAPS)
+    flat = oh * wp
+    pairs = -(-flat // 32)                                  # tasks along the flat rows: 2 tiles of 16 each
+    hp = max(spec.padded_hw[0], -(-(pairs * 32 + (kh - 1) * wp + TAPS) // wp))  # every position a tile reads
+    pad = spec.pad_code + sh
+    xs, ws, os_ = (n_img, icb, h, w_in, BLOCK), (ocb, icb, kh, TAPS * 4, BLOCK * 4), output_shape(spec)
+    pad_parallel = n_img * icb * hp * wp * BLOCK >= PAD_PARALLEL
+    ct = 2 if ocb % 2 == 0 else 1
+    tasks = n_img * (ocb // ct) * pairs
+    chunks = -(-tasks // CHUNK)
+
+    def rq(acc, bias, m0, rnd, shift):
+        return requant_expr(acc, [bias, m0, rnd, shift], ep, dt, sh)
+
+    # tiles: accumulators 2 i + j (tile i of the pair, channel block c0 + j); A 4 + i; B 6 + j; all 16 x 64 bytes
+    @T.prim_func(s_tir=True)
+    def kernel(x: T.Buffer(xs, dt), wt: T.Buffer(ws, "int8"), bias: T.Buffer((ocb, BLOCK), "int32"),
+               m0: T.Buffer((ocb, BLOCK), "int32"), rnd: T.Buffer((ocb, BLOCK), "int64"),
+               shift: T.Buffer((ocb, BLOCK), "int64"), out: T.Buffer(os_, dt)):
+        T.func_attr({"tirx.noalias": True})
+        xp = T.alloc_buffer((n_img, icb, hp * wp, BLOCK), dt)
+        for p_ in T.parallel(n_img * icb * hp) if pad_parallel else T.serial(n_img * icb * hp):
+            for v_ in range(wp):
+                for k_ in T.vectorized(BLOCK):
+                    b_, c_, y_ = p_ // (icb * hp), p_ // hp % icb, p_ % hp
+                    xp[b_, c_, y_ * wp + v_, k_] = T.if_then_else(
+                        y_ >= t and y_ < t + h and v_ >= l and v_ < l + w_in,
+                        x[b_, c_, T.min(T.max(y_ - t, 0), h - 1), T.min(T.max(v_ - l, 0), w_in - 1), k_],
+                        T.Cast(dt, pad))
+        T.evaluate(tile_permission())
+        for rc in T.parallel(chunks):
+            cfg = T.alloc_buffer((64,), "uint8", scope="local")
+            acc = T.alloc_buffer((4, 16, BLOCK), "int32", scope="local")
+            stage = T.alloc_buffer((2, 32, BLOCK), dt, scope="local")
+            for i in range(64):
+                cfg[i] = T.uint8(0)
+            cfg[0] = T.uint8(1)
+            for tile in T.unroll(8):
+                cfg[16 + 2 * tile] = T.uint8(64)
+                cfg[48 + tile] = T.uint8(16)
+            T.evaluate(amx("ldtilecfg", T.address_of(cfg[0])))
+            for r in range(rc * CHUNK, T.min(rc * CHUNK + CHUNK, tasks)):
+                img = r // ((ocb // ct) * pairs)
+                c0 = (r // pairs) % (ocb // ct) * ct
+                p0 = r % pairs * 32
+                T.evaluate(amx("tilezero", T.int8(0)))
+                T.evaluate(amx("tilezero", T.int8(2)))
+                if ct == 2:
+                    T.evaluate(amx("tilezero", T.int8(1)))
+                    T.evaluate(amx("tilezero", T.int8(3)))
+                for ci, ky in T.grid(icb, kh):
+                    T.evaluate(amx("tileloadd64", T.int8(4), T.address_of(xp[img, ci, p0 + ky * wp, 0]),
+                                   T.int64(BLOCK)))
+                    T.evaluate(amx("tileloadd64", T.int8(6), T.address_of(wt[c0, ci, ky, 0, 0]), T.int64(BLOCK * 4)))
+                    T.evaluate(amx("tdpbusd", T.int8(0), T.int8(4), T.int8(6)))
+                    T.evaluate(amx("tileloadd64", T.int8(5), T.address_of(xp[img, ci, p0 + 16 + ky * wp, 0]),
+                                   T.int64(BLOCK)))
+                    T.evaluate(amx("tdpbusd", T.int8(2), T.int8(5), T.int8(6)))
+                    if ct == 2:
+                        T.evaluate(amx("tileloadd64", T.int8(7), T.address_of(wt[c0 + 1, ci, ky, 0, 0]),
+                                       T.int64(BLOCK * 4)))
+                        T.evaluate(amx("tdpbusd", T.int8(1), T.int8(4), T.int8(7)))
+                        T.evaluate(amx("tdpbusd", T.int8(3), T.int8(5), T.int8(7)))
+                T.evaluate(amx("tilestored64", T.int8(0), T.address_of(acc[0, 0, 0]), T.int64(BLOCK * 4)))
+                T.evaluate(amx("tilestored64", T.int8(2), T.address_of(acc[2, 0, 0]), T.int64(BLOCK * 4)))
+                if ct == 2:
+                    T.evaluate(amx("tilestored64", T.int8(1), T.address_of(acc[1, 0, 0]), T.int64(BLOCK * 4)))
+                    T.evaluate(amx("tilestored64", T.int8(3), T.address_of(acc[3, 0, 0]), T.int64(BLOCK * 4)))
+                # requantize all 32 positions (vectorized), then copy out the ones inside the output
+                for i, cc, j in T.grid(2, ct, 16):
+                    for k in T.vectorized(BLOCK):
+                        stage[cc, i * 16 + j, k] = rq(acc[2 * i + cc, j, k], bias[c0 + cc, k], m0[c0 + cc, k],
+                                                      rnd[c0 + cc, k], shift[c0 + cc, k])
+                for j in range(32):
+                    if p0 + j < flat and (p0 + j) % wp < ow:
+                        for cc in range(ct):
+                            for k in T.vectorized(BLOCK):
+                                out[img, c0 + cc, (p0 + j) // wp, (p0 + j) % wp, k] = stage[cc, j, k]
             T.evaluate(amx("tilerelease"))
 
     return kernel.with_attr("tirx.is_scheduled", True)
