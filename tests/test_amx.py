@@ -95,16 +95,22 @@ def test_amx_dense_equals_the_vnni_dense(n, kp, o):
 
 
 def test_amx_takes_the_large_3x3_convs_and_dense_layers_only():
-    """On an AMX target: ResNet-18's 3x3 convs (stride 1, and stride 2 with 14 output columns or more); not the
-    1x1, 7x7 or small ones, a stride-2 conv down to 7 columns, or any conv where the target has no AMX; dense
-    layers of whole 16-row tiles and 64-byte rows, requantized (the shield's passes of its first dense layer). Flat-row
-    tiles for the stride-1 convs whose row tiles would be short (7x7)."""
+    """On an AMX target: ResNet-18's and ResNet-8's 3x3 convs (stride 1 and 2), ResNet-8's serial; not the 1x1,
+    7x7 or small ones, or any conv where the target has no AMX; dense layers of whole 16-row tiles and 64-byte
+    rows, requantized (the shield's passes of its first dense layer). Flat-row tiles for the stride-1 convs whose
+    row tiles would be short (7x7)."""
     fits = lambda spec, amx=True: amxk.amx_fits(spec, VNNI, amx)  # noqa: E731
     assert fits(_spec(64, 56, 64, 3, 1)) and fits(_spec(512, 7, 512, 3, 1)) and fits(_spec(128, 28, 256, 3, 2))
-    assert not fits(_spec(256, 14, 512, 3, 2))          # 7 output columns at stride 2: slower than VNNI
+    assert fits(_spec(256, 14, 512, 3, 2))              # 7 output columns at stride 2 (tiles of 7 rows)
     assert not fits(_spec(256, 14, 512, 1, 2))          # 1x1
     assert not fits(_spec(64, 112, 64, 7, 2))           # 7 taps wide
-    assert not fits(_spec(16, 32, 16, 3, 1))            # ResNet-8's 2.4 MMAC
+    assert fits(_spec(16, 32, 16, 3, 1)) and fits(_spec(64, 8, 64, 3, 1))  # ResNet-8's 2.4 MMAC convs
+    assert not fits(_spec(16, 16, 16, 3, 1))            # 0.6 MMAC
+    plain = Epilogue(bias=np.zeros(64, np.int64), m0=np.ones(64, np.int64), rnd=np.zeros(64, np.int64),
+                     n=np.full(64, 37, np.int64), lo=-128, hi=127)
+    split = lambda spec: "T.parallel" in amxk.conv_func_amx(spec, plain, VNNI).script()  # noqa: E731
+    assert split(_spec(64, 56, 64, 3, 1)) and split(_spec(512, 7, 512, 3, 1))  # rows, flat
+    assert not split(_spec(16, 32, 16, 3, 1)) and not split(_spec(64, 7, 64, 3, 1))  # ResNet-8-sized: one core
     assert not fits(_spec(64, 56, 64, 3, 1), amx=False)
     assert not amxk.amx_fits(_spec(64, 56, 64, 3, 1), ISAS["avx2"], True)
     flat = amxk.flat_fits                                 # of those: which take flat-row tiles

@@ -11,7 +11,8 @@ below 4; a tile load takes any row stride), B's row kw * 4 + icf the 16 output c
 icf * 4 .. + 3 at that tap; taps past the kernel's width have weight 0. Steps: input channel blocks x kernel
 rows. Tiles of M output pixels (M = the largest divisor of the output width up to 16) by 16 output channels, two
 channel blocks sharing each A tile when their count is even; (image, block pair, output row) triples, in chunks
-of CHUNK that share one tile configuration, are split over the threads.
+of CHUNK that share one tile configuration, are split over the threads. At stride 1, where such a tile would hold
+FLAT_MAX_M pixels or fewer, the padded rows are laid end to end instead (conv_func_amx_flat).
 
 The dense kernel (dense_func_amx) takes dense.py's layouts as they are, for layers of whole 16-row tiles: the
 shield's T passes of a wide layer (the shipped model's first dense layer on 32 rows: about 3x as fast alone).
@@ -29,7 +30,9 @@ from .epilogue import BLOCK, Epilogue, blocks, divisor_at_most, requant_expr
 from .isa import Isa
 
 TAPS = 4            # kernel columns one 64-byte A row covers (4 pixels x 16 channels)
-AMX_MIN_MACS = 20e6  # smaller convs stay on VNNI: at 2-4 MMAC (16-64 channels) AMX was 1.1-1.6x slower alone
+AMX_MIN_MACS = 2e6  # smaller convs stay on VNNI; ResNet-8's 2.4 MMAC convs (16-64 channels) ran 1.1-1.7x as fast
+AMX_SPLIT_MACS = 8.4e6  # from this size a conv's tasks are split over the threads (the VNNI kernels' split size
+#                        in MACs, schedule.py's; smaller ones run serial, as a parallel launch costs about 1 us)
 DENSE_MIN_MACS = 4e6  # a dense layer on AMX from this size and 16 rows (the shield's T passes of a wide layer)
 FLAT_MAX_M = 8  # row tiles this short (7x7 outputs: 7 of 16 rows) lose to flat tiles: 0.80-0.83x the time alone
 CHUNK = 8  # conv tasks per parallel iteration: a tile configuration costs about 1 us (ldtilecfg + tilerelease),
@@ -50,12 +53,12 @@ def tile_permission():
 
 def amx_fits(spec: ConvSpec, isa: Isa, has_amx: bool) -> bool:
     """AMX for a packed-input conv without pool or dilation, 3 or 4 taps wide (1x1: 3/4 of each A row would be
-    zero taps), large enough to pay. Alone, 1 thread, against the VNNI kernel: 3x3 at stride 1 2.0-2.3x as fast
-    from 14 columns on, 1.1x at 7; at stride 2 1.6x from 14 output columns, 0.88x at 7 (tiles of 7 rows)."""
+    zero taps), large enough to pay. Alone, 1 thread, against the VNNI kernel (benchmarks/amx.py): ResNet-18's 3x3
+    convs 1.6-2.2x as fast at stride 1, 1.1-1.9x at stride 2 (the least at 7 output columns), ResNet-8's
+    2.4 MMAC ones 1.1-1.7x."""
     oh, ow = spec.conv_hw
     return (has_amx and isa.name == "vnni512" and not spec.rows and spec.pool is None and 3 <= spec.kw <= TAPS
-            and spec.dilation == (1, 1) and spec.macs >= AMX_MIN_MACS and oh > 0 and ow > 0
-            and (spec.strides[1] == 1 or divisor_at_most(ow, 16) >= 8))
+            and spec.dilation == (1, 1) and spec.macs >= AMX_MIN_MACS and oh > 0 and ow > 0)
 
 
 def pack_weights_amx(spec: ConvSpec, w: np.ndarray) -> np.ndarray:
@@ -97,6 +100,7 @@ def conv_func_amx_rows(spec: ConvSpec, ep: Epilogue, isa: Isa):
     ct = 2 if ocb % 2 == 0 else 1   # channel blocks per task: one A tile feeds CT products
     tasks = n_img * (ocb // ct) * oh
     chunks = -(-tasks // CHUNK)
+    split = spec.macs >= AMX_SPLIT_MACS
 
     def rq(acc, bias, m0, rnd, shift):
         return requant_expr(acc, [bias, m0, rnd, shift], ep, dt, sh)
@@ -118,7 +122,7 @@ def conv_func_amx_rows(spec: ConvSpec, ep: Epilogue, isa: Isa):
                         x[b_, c_, T.min(T.max(y_ - t, 0), h - 1), T.min(T.max(v_ - l, 0), w_in - 1), k_],
                         T.Cast(dt, pad))
         T.evaluate(tile_permission())
-        for rc in T.parallel(chunks):
+        for rc in T.parallel(chunks) if split else T.serial(chunks):
             cfg = T.alloc_buffer((64,), "uint8", scope="local")
             acc = T.alloc_buffer((ct, m, BLOCK), "int32", scope="local")
             for i in range(64):
@@ -178,6 +182,7 @@ def conv_func_amx_flat(spec: ConvSpec, ep: Epilogue, isa: Isa):
     ct = 2 if ocb % 2 == 0 else 1
     tasks = n_img * (ocb // ct) * pairs
     chunks = -(-tasks // CHUNK)
+    split = spec.macs >= AMX_SPLIT_MACS
 
     def rq(acc, bias, m0, rnd, shift):
         return requant_expr(acc, [bias, m0, rnd, shift], ep, dt, sh)
@@ -198,7 +203,7 @@ def conv_func_amx_flat(spec: ConvSpec, ep: Epilogue, isa: Isa):
                         x[b_, c_, T.min(T.max(y_ - t, 0), h - 1), T.min(T.max(v_ - l, 0), w_in - 1), k_],
                         T.Cast(dt, pad))
         T.evaluate(tile_permission())
-        for rc in T.parallel(chunks):
+        for rc in T.parallel(chunks) if split else T.serial(chunks):
             cfg = T.alloc_buffer((64,), "uint8", scope="local")
             acc = T.alloc_buffer((4, 16, BLOCK), "int32", scope="local")
             stage = T.alloc_buffer((2, 32, BLOCK), dt, scope="local")
