@@ -2,8 +2,8 @@
 
     python benchmarks/amx.py [--rounds 5] [--threads 1]     # needs a CPU with AMX int8 (Sapphire Rapids on)
 
-Each distinct 3x3 conv shape of ResNet-18 at 224 (and ResNet-8's, which stay on VNNI), and the shipped model's
-first dense layer on the shield's T rows, is built both ways for the host (conv.py / dense.py with their default
+Each distinct 3x3 conv shape of ResNet-18 at 224 and ResNet-8's, some of MobileNetV2-1.0's 1x1 convs, and the
+shipped model's first dense layer on the shield's T rows, is built both ways for the host (conv.py / dense.py with their default
 schedules, amx.py) and timed alone on the same random codes, the two alternating round by round; the outputs
 must be equal byte for byte. The last column says which one the compiler picks (amx_fits, dense_fits). Results:
 benchmarks/results/amx.json (after every layer: a rerun resumes), and a table printed; docs/kernels.md renders
@@ -29,6 +29,9 @@ SHAPES = [("resnet18", 64, 56, 64, 1), ("resnet18", 64, 56, 128, 2), ("resnet18"
           ("resnet18", 128, 28, 256, 2), ("resnet18", 256, 14, 256, 1), ("resnet18", 256, 14, 512, 2),
           ("resnet18", 512, 7, 512, 1), ("resnet8", 16, 32, 16, 1), ("resnet8", 32, 16, 32, 1),
           ("resnet8", 64, 8, 64, 1)]
+# (network, cin, size, cout): 1x1 convs at stride 1, MobileNetV2-1.0's at 224 (amx_pointwise.py), wide and narrow
+POINTWISE = [("mobilenet_v2_100", 24, 56, 144), ("mobilenet_v2_100", 144, 56, 24), ("mobilenet_v2_100", 192, 28, 32),
+             ("mobilenet_v2_100", 576, 14, 96), ("mobilenet_v2_100", 160, 7, 960), ("mobilenet_v2_100", 960, 7, 320)]
 # (network, rows, K, outputs): dense layers, requantized: the shipped model's first one on the shield's T rows
 DENSE = [("fashion_cnn T=32", 32, 3136, 128), ("fashion_cnn T=16", 16, 3136, 128), ("fashion_cnn T=8", 8, 3136, 128)]
 
@@ -100,6 +103,29 @@ def measure(shape: tuple, rounds: int, threads: int) -> dict:
             "picked": "amx" if amxk.amx_fits(spec, isa, True) else "vnni"}
 
 
+def measure_pointwise(shape: tuple, rounds: int, threads: int) -> dict:
+    from stochastic_shield.compile.kernels import amx_pointwise as pw
+    from stochastic_shield.compile.kernels.conv import ConvSpec, conv_func, input_shape, output_shape, \
+        pack_weights, schedule_conv
+    from stochastic_shield.compile.kernels.isa import ISAS
+
+    net, cin, hw, cout = shape
+    isa = ISAS["vnni512"]
+    spec = ConvSpec(1, cin, hw, hw, cout, 1, 1, (1, 1), (1, 1), (0, 0, 0, 0), pad_code=-3)
+    rng = np.random.default_rng(0)
+    ep, q = _requant(cout, rng)
+    w = rng.integers(-128, 128, (cout, cin, 1, 1)).astype(np.int8)
+    x = rng.integers(0, 256, input_shape(spec)).astype(np.uint8)
+
+    def args(packed):
+        return _tensors(x, packed, *q, np.zeros(output_shape(spec), np.uint8))
+
+    r = _versus((schedule_conv(conv_func(spec, ep, isa), isa, threads > 1).mod["main"], args(pack_weights(spec, w))),
+                (pw.conv_func_pointwise(spec, ep, isa), args(pw.pack_weights_pointwise(spec, w))), rounds)
+    return {"network": net, "cin": cin, "hw": hw, "cout": cout, "macs": spec.macs, **r,
+            "picked": "amx" if pw.pointwise_fits(spec, isa, True) else "vnni"}
+
+
 def measure_dense(shape: tuple, rounds: int, threads: int) -> dict:
     from stochastic_shield.compile.kernels import amx as amxk
     from stochastic_shield.compile.kernels import dense as densek
@@ -154,6 +180,12 @@ def main() -> None:
         res["rows"] = [rows[tuple(s)] for s in SHAPES if tuple(s) in rows]
         write_json(OUT, res)  # after every shape, atomically: an interrupted run resumes
         print(f"{shape}: vnni {r['vnni_us']:.1f} us, amx {r['amx_us']:.1f} us, equal {r['equal']}", file=sys.stderr)
+    pointwise = {tuple(r["shape"]): r for r in res.get("pointwise", [])}
+    for shape in POINTWISE:
+        if tuple(shape) not in pointwise:
+            pointwise[tuple(shape)] = {"shape": list(shape), **measure_pointwise(shape, args.rounds, args.threads)}
+            res["pointwise"] = [pointwise[tuple(s)] for s in POINTWISE if tuple(s) in pointwise]
+            write_json(OUT, res)
     dense = {tuple(r["shape"]): r for r in res.get("dense", [])}
     for shape in DENSE:
         if tuple(shape) not in dense:

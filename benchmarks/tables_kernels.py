@@ -58,11 +58,15 @@ def kernels_crossover(res: dict) -> str:
 
 
 def kernels_amx(res: dict) -> str:
-    """Each 3x3 conv shape and dense layer alone: the VNNI kernel against the AMX one, and which the compiler picks
+    """Each 3x3 conv shape, 1x1 conv and dense layer alone: the VNNI kernel against the AMX one, and which the compiler picks
     (a dense layer short of a 16-row tile has no AMX form: '-')."""
     rows = [[r["network"], f"{r['cin']}->{r['cout']} at {r['hw']}x{r['hw']}, stride {r['stride']}",
              f"{r['macs'] / 1e6:.0f}", f"{r['vnni_us']:.1f}", f"{r['amx_us']:.1f}", f"{r['vnni_us'] / r['amx_us']:.2f}x",
              "yes" if r["equal"] else "**no**", r["picked"]] for r in res["rows"]]
+    for r in res.get("pointwise", []):
+        rows.append([r["network"], f"1x1 {r['cin']}->{r['cout']} at {r['hw']}x{r['hw']}", f"{r['macs'] / 1e6:.0f}",
+                     f"{r['vnni_us']:.1f}", f"{r['amx_us']:.1f}", f"{r['vnni_us'] / r['amx_us']:.2f}x",
+                     "yes" if r["equal"] else "**no**", r["picked"]])
     for r in res.get("dense", []):
         amx = r["amx_us"]
         rows.append([r["network"], f"dense {r['rows']} rows x {r['k']} -> {r['outputs']}", f"{r['macs'] / 1e6:.0f}",

@@ -149,3 +149,47 @@ def test_pack_int8_uses_amx_only_on_targets_with_it():
 
     assert all(amx_kernels("sapphirerapids"))
     assert not any(amx_kernels("icelake-server"))
+
+
+@pytest.mark.parametrize("n,cin,hw,cout", [
+    (1, 160, 7, 96),     # MobileNetV2's 7x7 stage shape class: K 160 padded to 192, even channel blocks
+    (1, 200, 5, 40),     # a partial input block, 25 pixels (one task's 32 rows part empty), an odd number of blocks
+    (2, 192, 6, 32),     # a batch
+])
+def test_amx_pointwise_conv_equals_the_vnni_conv(n, cin, hw, cout):
+    """1x1 convs as a GEMM over pixels on AMX tiles (amx_pointwise.py): byte for byte the VNNI conv's output."""
+    from stochastic_shield.compile.kernels import amx_pointwise as pw
+
+    if not target_has(HOST, "amx-int8"):
+        pytest.skip("this CPU has no AMX int8")
+    spec = ConvSpec(n, cin, hw, hw, cout, 1, 1, (1, 1), (1, 1), (0, 0, 0, 0), pad_code=-3)
+    rng = np.random.default_rng(cin + hw + cout)
+    ep = Epilogue(bias=np.zeros(cout, np.int64), m0=rng.integers(1 << 28, 1 << 30, cout).astype(np.int64),
+                  rnd=np.full(cout, 1 << 36, np.int64), n=np.full(cout, 37, np.int64), zp=3, lo=-128, hi=127)
+    w = rng.integers(-128, 128, (cout, cin, 1, 1)).astype(np.int8)
+    w[0], w[-1] = -128, 127
+    x = rng.integers(0, 256, input_shape(spec)).astype(np.uint8)
+    cb = blocks(cout)
+    q = [rng.integers(-20000, 20000, (cb, 16)).astype(np.int32), rng.integers(1 << 28, 1 << 30, (cb, 16)).astype(np.int32),
+         np.full((cb, 16), 1 << 36, np.int64), np.full((cb, 16), 37, np.int64)]
+    vnni = schedule_conv(conv_func(spec, ep, VNNI), VNNI, parallel=True).mod["main"]
+    want = _run(vnni, spec, pack_weights(spec, w), x, q)
+    got = _run(pw.conv_func_pointwise(spec, ep, VNNI), spec, pw.pack_weights_pointwise(spec, w), x, q)
+    assert len(np.unique(want)) > 20
+    np.testing.assert_array_equal(got, want)
+
+
+def test_amx_takes_the_wide_pointwise_convs_only():
+    """1x1 convs on AMX from 160 input channels (MobileNetV2's projections and 7x7 stage), at stride 1, unpadded,
+    of 2 MMAC or more, on AMX targets; the expansions from few channels stay on VNNI."""
+    from stochastic_shield.compile.kernels import amx_pointwise as pw
+
+    def fits(cin, hw, cout, s=1, k=1, amx=True, isa=VNNI):
+        spec = ConvSpec(1, cin, hw, hw, cout, k, k, (s, s), (1, 1), (k // 2,) * 4, pad_code=-3)
+        return pw.pointwise_fits(spec, isa, amx)
+
+    assert fits(576, 14, 96) and fits(960, 7, 320) and fits(160, 7, 960) and fits(192, 28, 32)
+    assert not fits(144, 56, 24) and not fits(24, 56, 144)    # few input channels: slower on AMX
+    assert not fits(576, 14, 96, s=2) and not fits(576, 14, 96, k=3)
+    assert not fits(576, 3, 96)                                # 0.5 MMAC
+    assert not fits(576, 14, 96, amx=False) and not fits(576, 14, 96, isa=ISAS["avx2"])

@@ -34,6 +34,7 @@ from tvm import relax, te
 from ..shield.dropout_kernel import apply_mc_dropout, mc_dropout_info
 from . import conv as convk
 from . import amx as amxk
+from . import amx_pointwise as amxpw
 from . import dense as densek
 from . import depthwise as dwk
 from . import layout
@@ -182,6 +183,9 @@ class Rewriter:
         if amxk.amx_fits(spec, self.isa, self.amx):
             y = self._call("packed_conv", amxk.conv_func_amx(spec, a.ep, self.isa), None,
                            [x, _c(amxk.pack_weights_amx(spec, a.w)), *q], out_ty)
+        elif amxpw.pointwise_fits(spec, self.isa, self.amx):
+            y = self._call("packed_conv", amxpw.conv_func_pointwise(spec, a.ep, self.isa), None,
+                           [x, _c(amxpw.pack_weights_pointwise(spec, a.w)), *q], out_ty)
         else:
             y = self._call("packed_conv", convk.conv_func(spec, a.ep, self.isa), "conv",
                            [x, _c(convk.pack_weights(spec, a.w)), *q], out_ty)
