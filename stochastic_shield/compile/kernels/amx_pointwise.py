@@ -8,8 +8,9 @@ by CT channel blocks, all 8 tiles used, and chunks of tasks share one tile confi
 and requantize are conv.py's, byte for byte.
 
 Alone on one core (MobileNetV2-1.0 at 224, against the VNNI kernel): the projections and the 7x7 stage's convs,
-160 input channels and up, take 0.44-0.82x the time; with few input channels (16-144) the copy and the padded
-channels make AMX 1.0-1.7x slower, so those stay on VNNI.
+160 input channels and up, take 0.44-0.85x the time; the expansions from few input channels (16-32) are up to
+1.7x slower on AMX (the copy, and the channels padded to 64), and at 144 channels two runs gave 1.01 and 1.10x, so
+below 160 they stay on VNNI.
 """
 from __future__ import annotations
 
