@@ -80,50 +80,48 @@ def _tensors(*arrays) -> list:
     return [tvm.runtime.tensor(a) for a in arrays]
 
 
-def measure(shape: tuple, rounds: int, threads: int) -> dict:
-    from stochastic_shield.compile.kernels import amx as amxk
-    from stochastic_shield.compile.kernels.conv import ConvSpec, conv_func, input_shape, output_shape, \
-        pack_weights, schedule_conv
+def _conv_versus(spec, amx_func, amx_weights, rounds: int, threads: int) -> dict:
+    """The VNNI conv of SPEC (default schedule) against AMX_FUNC with its weights packed by AMX_WEIGHTS, on the
+    same random codes and weights."""
+    from stochastic_shield.compile.kernels.conv import conv_func, input_shape, output_shape, pack_weights, \
+        schedule_conv
     from stochastic_shield.compile.kernels.isa import ISAS
 
-    net, cin, hw, cout, s = shape
     isa = ISAS["vnni512"]
-    spec = ConvSpec(1, cin, hw, hw, cout, 3, 3, (s, s), (1, 1), (1, 1, 1, 1), pad_code=-3)
     rng = np.random.default_rng(0)
-    ep, q = _requant(cout, rng)
-    w = rng.integers(-128, 128, (cout, cin, 3, 3)).astype(np.int8)
+    ep, q = _requant(spec.cout, rng)
+    w = rng.integers(-128, 128, (spec.cout, spec.cin, spec.kh, spec.kw)).astype(np.int8)
     x = rng.integers(0, 256, input_shape(spec)).astype(np.uint8)
 
     def args(packed):
         return _tensors(x, packed, *q, np.zeros(output_shape(spec), np.uint8))
 
-    r = _versus((schedule_conv(conv_func(spec, ep, isa), isa, threads > 1).mod["main"], args(pack_weights(spec, w))),
-                (amxk.conv_func_amx(spec, ep, isa), args(amxk.pack_weights_amx(spec, w))), rounds)
+    return _versus((schedule_conv(conv_func(spec, ep, isa), isa, threads > 1).mod["main"], args(pack_weights(spec, w))),
+                   (amx_func(spec, ep, isa), args(amx_weights(spec, w))), rounds)
+
+
+def measure(shape: tuple, rounds: int, threads: int) -> dict:
+    from stochastic_shield.compile.kernels import amx as amxk
+    from stochastic_shield.compile.kernels.conv import ConvSpec
+    from stochastic_shield.compile.kernels.isa import ISAS
+
+    net, cin, hw, cout, s = shape
+    spec = ConvSpec(1, cin, hw, hw, cout, 3, 3, (s, s), (1, 1), (1, 1, 1, 1), pad_code=-3)
+    r = _conv_versus(spec, amxk.conv_func_amx, amxk.pack_weights_amx, rounds, threads)
     return {"network": net, "cin": cin, "hw": hw, "cout": cout, "stride": s, "macs": spec.macs, **r,
-            "picked": "amx" if amxk.amx_fits(spec, isa, True) else "vnni"}
+            "picked": "amx" if amxk.amx_fits(spec, ISAS["vnni512"], True) else "vnni"}
 
 
 def measure_pointwise(shape: tuple, rounds: int, threads: int) -> dict:
     from stochastic_shield.compile.kernels import amx_pointwise as pw
-    from stochastic_shield.compile.kernels.conv import ConvSpec, conv_func, input_shape, output_shape, \
-        pack_weights, schedule_conv
+    from stochastic_shield.compile.kernels.conv import ConvSpec
     from stochastic_shield.compile.kernels.isa import ISAS
 
     net, cin, hw, cout = shape
-    isa = ISAS["vnni512"]
     spec = ConvSpec(1, cin, hw, hw, cout, 1, 1, (1, 1), (1, 1), (0, 0, 0, 0), pad_code=-3)
-    rng = np.random.default_rng(0)
-    ep, q = _requant(cout, rng)
-    w = rng.integers(-128, 128, (cout, cin, 1, 1)).astype(np.int8)
-    x = rng.integers(0, 256, input_shape(spec)).astype(np.uint8)
-
-    def args(packed):
-        return _tensors(x, packed, *q, np.zeros(output_shape(spec), np.uint8))
-
-    r = _versus((schedule_conv(conv_func(spec, ep, isa), isa, threads > 1).mod["main"], args(pack_weights(spec, w))),
-                (pw.conv_func_pointwise(spec, ep, isa), args(pw.pack_weights_pointwise(spec, w))), rounds)
+    r = _conv_versus(spec, pw.conv_func_pointwise, pw.pack_weights_pointwise, rounds, threads)
     return {"network": net, "cin": cin, "hw": hw, "cout": cout, "macs": spec.macs, **r,
-            "picked": "amx" if pw.pointwise_fits(spec, isa, True) else "vnni"}
+            "picked": "amx" if pw.pointwise_fits(spec, ISAS["vnni512"], True) else "vnni"}
 
 
 def measure_dense(shape: tuple, rounds: int, threads: int) -> dict:

@@ -31,6 +31,24 @@ def _run(func, spec, w_packed, x, q):
     return out.numpy()
 
 
+def _vnni_case(spec):
+    """(epilogue, weights, codes, requantize arrays, the VNNI kernel's output) of random data for SPEC: weights at
+    the int8 extremes among random ones, per-channel requantize, seeded by the shape."""
+    cin, hw, cout, k = spec.cin, spec.h, spec.cout, spec.kh
+    rng = np.random.default_rng(cin + hw + cout)
+    ep = Epilogue(bias=np.zeros(cout, np.int64), m0=rng.integers(1 << 28, 1 << 30, cout).astype(np.int64),
+                  rnd=np.full(cout, 1 << 36, np.int64), n=np.full(cout, 37, np.int64), zp=3, lo=-128, hi=127)
+    w = rng.integers(-128, 128, (cout, cin, k, k)).astype(np.int8)
+    w[0], w[-1] = -128, 127
+    x = rng.integers(0, 256, input_shape(spec)).astype(np.uint8)
+    cb = blocks(cout)
+    q = [rng.integers(-20000, 20000, (cb, 16)).astype(np.int32), rng.integers(1 << 28, 1 << 30, (cb, 16)).astype(np.int32),
+         np.full((cb, 16), 1 << 36, np.int64), np.full((cb, 16), 37, np.int64)]
+    vnni = schedule_conv(conv_func(spec, ep, VNNI), VNNI, parallel=True).mod["main"]
+    want = _run(vnni, spec, pack_weights(spec, w), x, q)
+    return ep, w, x, q, want
+
+
 _CONV_CASES = [
     (1, 64, 14, 64, 3, 1, (1, 1, 1, 1)),    # two channel blocks per task, 14-row tiles
     (1, 32, 16, 48, 3, 2, (1, 1, 1, 1)),    # stride 2 (A rows 32 bytes apart), an odd number of output blocks
@@ -50,17 +68,7 @@ def test_amx_conv_equals_the_vnni_conv(form, n, cin, hw, cout, k, s, pad):
     if not target_has(HOST, "amx-int8"):
         pytest.skip("this CPU has no AMX int8")
     spec = ConvSpec(n, cin, hw, hw, cout, k, k, (s, s), (1, 1), pad, pad_code=-3)
-    rng = np.random.default_rng(cin + hw + cout)
-    ep = Epilogue(bias=np.zeros(cout, np.int64), m0=rng.integers(1 << 28, 1 << 30, cout).astype(np.int64),
-                  rnd=np.full(cout, 1 << 36, np.int64), n=np.full(cout, 37, np.int64), zp=3, lo=-128, hi=127)
-    w = rng.integers(-128, 128, (cout, cin, k, k)).astype(np.int8)
-    w[0], w[-1] = -128, 127
-    x = rng.integers(0, 256, input_shape(spec)).astype(np.uint8)
-    cb = blocks(cout)
-    q = [rng.integers(-20000, 20000, (cb, 16)).astype(np.int32), rng.integers(1 << 28, 1 << 30, (cb, 16)).astype(np.int32),
-         np.full((cb, 16), 1 << 36, np.int64), np.full((cb, 16), 37, np.int64)]
-    vnni = schedule_conv(conv_func(spec, ep, VNNI), VNNI, parallel=True).mod["main"]
-    want = _run(vnni, spec, pack_weights(spec, w), x, q)
+    ep, w, x, q, want = _vnni_case(spec)
     func = amxk.conv_func_amx_flat if form == "flat" else amxk.conv_func_amx_rows
     got = _run(func(spec, ep, VNNI), spec, amxk.pack_weights_amx(spec, w), x, q)
     assert len(np.unique(want)) > 20  # the requantize spreads the outputs: a wrong sum would show
@@ -164,17 +172,7 @@ def test_amx_pointwise_conv_equals_the_vnni_conv(n, cin, hw, cout):
     if not target_has(HOST, "amx-int8"):
         pytest.skip("this CPU has no AMX int8")
     spec = ConvSpec(n, cin, hw, hw, cout, 1, 1, (1, 1), (1, 1), (0, 0, 0, 0), pad_code=-3)
-    rng = np.random.default_rng(cin + hw + cout)
-    ep = Epilogue(bias=np.zeros(cout, np.int64), m0=rng.integers(1 << 28, 1 << 30, cout).astype(np.int64),
-                  rnd=np.full(cout, 1 << 36, np.int64), n=np.full(cout, 37, np.int64), zp=3, lo=-128, hi=127)
-    w = rng.integers(-128, 128, (cout, cin, 1, 1)).astype(np.int8)
-    w[0], w[-1] = -128, 127
-    x = rng.integers(0, 256, input_shape(spec)).astype(np.uint8)
-    cb = blocks(cout)
-    q = [rng.integers(-20000, 20000, (cb, 16)).astype(np.int32), rng.integers(1 << 28, 1 << 30, (cb, 16)).astype(np.int32),
-         np.full((cb, 16), 1 << 36, np.int64), np.full((cb, 16), 37, np.int64)]
-    vnni = schedule_conv(conv_func(spec, ep, VNNI), VNNI, parallel=True).mod["main"]
-    want = _run(vnni, spec, pack_weights(spec, w), x, q)
+    ep, w, x, q, want = _vnni_case(spec)
     got = _run(pw.conv_func_pointwise(spec, ep, VNNI), spec, pw.pack_weights_pointwise(spec, w), x, q)
     assert len(np.unique(want)) > 20
     np.testing.assert_array_equal(got, want)

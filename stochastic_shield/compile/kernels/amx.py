@@ -51,6 +51,19 @@ def tile_permission():
                          T.int64(_XFEATURE_XTILEDATA))
 
 
+@T.macro
+def load_tile_config(cfg, tiles, rows, short_rows, short_tiles):
+    """Fill CFG (64 bytes, palette 1) for TILES tiles of 64-byte rows: the first SHORT_TILES of SHORT_ROWS rows,
+    the others of ROWS, and load it (ldtilecfg)."""
+    for i in range(64):
+        cfg[i] = T.uint8(0)
+    cfg[0] = T.uint8(1)                                              # palette 1
+    for tile in T.unroll(tiles):
+        cfg[16 + 2 * tile] = T.uint8(64)                             # bytes per row
+        cfg[48 + tile] = T.Cast("uint8", T.Select(tile < short_tiles, short_rows, rows))
+    T.evaluate(amx("ldtilecfg", T.address_of(cfg[0])))
+
+
 def amx_fits(spec: ConvSpec, isa: Isa, has_amx: bool) -> bool:
     """AMX for a packed-input conv without pool or dilation, 3 or 4 taps wide (1x1: 3/4 of each A row would be
     zero taps), large enough to pay. Alone, 1 thread, against the VNNI kernel (benchmarks/amx.py): ResNet-18's 3x3
@@ -125,13 +138,7 @@ def conv_func_amx_rows(spec: ConvSpec, ep: Epilogue, isa: Isa):
         for rc in T.parallel(chunks) if split else T.serial(chunks):
             cfg = T.alloc_buffer((64,), "uint8", scope="local")
             acc = T.alloc_buffer((ct, m, BLOCK), "int32", scope="local")
-            for i in range(64):
-                cfg[i] = T.uint8(0)
-            cfg[0] = T.uint8(1)                                  # palette 1
-            for tile in T.unroll(5):
-                cfg[16 + 2 * tile] = T.uint8(64)                 # bytes per row
-                cfg[48 + tile] = T.Cast("uint8", T.Select(tile >= 3, 16, m))
-            T.evaluate(amx("ldtilecfg", T.address_of(cfg[0])))
+            load_tile_config(cfg, 5, 16, m, 3)                     # accumulators and A: M rows; B: 16
             for r in range(rc * CHUNK, T.min(rc * CHUNK + CHUNK, tasks)):
                 img = r // ((ocb // ct) * oh)
                 c0 = (r // oh) % (ocb // ct) * ct
@@ -207,13 +214,7 @@ def conv_func_amx_flat(spec: ConvSpec, ep: Epilogue, isa: Isa):
             cfg = T.alloc_buffer((64,), "uint8", scope="local")
             acc = T.alloc_buffer((4, 16, BLOCK), "int32", scope="local")
             stage = T.alloc_buffer((2, 32, BLOCK), dt, scope="local")
-            for i in range(64):
-                cfg[i] = T.uint8(0)
-            cfg[0] = T.uint8(1)
-            for tile in T.unroll(8):
-                cfg[16 + 2 * tile] = T.uint8(64)
-                cfg[48 + tile] = T.uint8(16)
-            T.evaluate(amx("ldtilecfg", T.address_of(cfg[0])))
+            load_tile_config(cfg, 8, 16, 16, 0)
             for r in range(rc * CHUNK, T.min(rc * CHUNK + CHUNK, tasks)):
                 img = r // ((ocb // ct) * pairs)
                 c0 = (r // pairs) % (ocb // ct) * ct
@@ -288,13 +289,7 @@ def dense_func_amx(n: int, kp: int, o: int, ep: Epilogue, isa: Isa):
             acc = T.alloc_buffer((4, 16, BLOCK), "int32", scope="local")
             r0 = r // (ob // ct) * 16 * rt
             c0 = r % (ob // ct) * ct
-            for i in range(64):
-                cfg[i] = T.uint8(0)
-            cfg[0] = T.uint8(1)
-            for tile in T.unroll(8):
-                cfg[16 + 2 * tile] = T.uint8(64)
-                cfg[48 + tile] = T.uint8(16)
-            T.evaluate(amx("ldtilecfg", T.address_of(cfg[0])))
+            load_tile_config(cfg, 8, 16, 16, 0)
             # tile numbers must be immediates: the products written out (rt, ct in {1, 2}; Python ifs)
             T.evaluate(amx("tilezero", T.int8(0)))
             if ct == 2:

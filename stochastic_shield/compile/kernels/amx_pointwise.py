@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from tvm.script import tirx as T
 
-from .amx import AMX_MIN_MACS, AMX_SPLIT_MACS, CHUNK, amx, tile_permission
+from .amx import AMX_MIN_MACS, AMX_SPLIT_MACS, CHUNK, amx, load_tile_config, tile_permission
 from .conv import PAD_PARALLEL, ConvSpec, output_shape
 from .epilogue import BLOCK, Epilogue, blocks, requant_expr
 from .isa import Isa
@@ -79,13 +79,7 @@ def conv_func_pointwise(spec: ConvSpec, ep: Epilogue, isa: Isa):
         for rc in T.parallel(chunks) if split else T.serial(chunks):
             cfg = T.alloc_buffer((64,), "uint8", scope="local")
             acc = T.alloc_buffer((4, 16, BLOCK), "int32", scope="local")
-            for i in range(64):
-                cfg[i] = T.uint8(0)
-            cfg[0] = T.uint8(1)
-            for tile in T.unroll(8):
-                cfg[16 + 2 * tile] = T.uint8(64)
-                cfg[48 + tile] = T.uint8(16)
-            T.evaluate(amx("ldtilecfg", T.address_of(cfg[0])))
+            load_tile_config(cfg, 8, 16, 16, 0)
             for r in range(rc * CHUNK, T.min(rc * CHUNK + CHUNK, tasks)):
                 img = r // ((ocb // ct) * pairs)
                 c0 = (r // pairs) % (ocb // ct) * ct
